@@ -1,0 +1,97 @@
+"""Group messages into requests: one endpoint each, bounded by count and bytes.
+
+Each record is serialised exactly once; its byte length decides the batch it
+joins, and the batch body is the joined bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from otel_mixpanel._model import Endpoint, IdentityEvent, Message
+from otel_mixpanel._stats import Stats
+
+MAX_BATCH_RECORDS = 2000
+MAX_BATCH_BYTES = 2 * 1024 * 1024
+MAX_RECORD_BYTES = 1024 * 1024 - 1  # "under 1 MB" per event or update
+
+
+@dataclass
+class Batch:
+    """Records for one request; ``messages[i]`` was encoded as ``records[i]``."""
+
+    endpoint: Endpoint
+    messages: List[Message] = field(default_factory=list)
+    records: List[bytes] = field(default_factory=list)
+    size: int = 2  # the brackets of the JSON array
+
+    def body(self) -> bytes:
+        """The JSON array Mixpanel receives (uncompressed)."""
+        return b"[" + b",".join(self.records) + b"]"
+
+    def fits(self, record: bytes, max_records: int, max_bytes: int) -> bool:
+        """Whether *record* can join without breaking either bound."""
+        extra = len(record) + (1 if self.records else 0)
+        return len(self.records) < max_records and self.size + extra <= max_bytes
+
+    def add(self, message: Message, record: bytes) -> None:
+        """Append one encoded record."""
+        self.size += len(record) + (1 if self.records else 0)
+        self.messages.append(message)
+        self.records.append(record)
+
+
+def encode(message: Message, token: Optional[str], stats: Stats) -> Optional[bytes]:
+    """The record's JSON bytes, or None (counted) when it cannot be sent."""
+    try:
+        text = json.dumps(
+            message.payload(token), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+    except (TypeError, ValueError) as error:
+        stats.dropped("unserialisable", detail=type(error).__name__)
+        return None
+    try:
+        record = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (from invalid input) cannot be UTF-8; keep the rest.
+        stats.adjusted("invalid_unicode")
+        record = text.encode("utf-8", "replace")
+    if len(record) > MAX_RECORD_BYTES:
+        stats.dropped("record_too_large", detail=message.endpoint.value)
+        return None
+    return record
+
+
+def make_batches(
+    messages: Sequence[Message],
+    token: Optional[str],
+    stats: Stats,
+    *,
+    max_records: int = MAX_BATCH_RECORDS,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> List[Batch]:
+    """Batches in sending order: ``/import`` (identity events first), ``/engage``,
+    ``/groups``; within an endpoint the messages keep their order."""
+    ordered = sorted(messages, key=_send_order)  # stable: keeps each endpoint's order
+    batches: List[Batch] = []
+    current: Dict[Endpoint, Batch] = {}
+    for message in ordered:
+        record = encode(message, token, stats)
+        if record is None:
+            continue
+        batch = current.get(message.endpoint)
+        if batch is None or not batch.fits(record, max_records, max_bytes):
+            batch = current[message.endpoint] = Batch(message.endpoint)
+            batches.append(batch)
+        batch.add(message, record)
+    return batches
+
+
+_ENDPOINT_ORDER = {endpoint: index * 2 for index, endpoint in enumerate(Endpoint)}
+
+
+def _send_order(message: Message) -> int:
+    rank = _ENDPOINT_ORDER[message.endpoint]
+    return rank if isinstance(message, IdentityEvent) else rank + 1

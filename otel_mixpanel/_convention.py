@@ -1,0 +1,174 @@
+"""The ``mixpanel.*`` attribute convention: every key once.
+
+This table is the only place a ``mixpanel.`` key is spelled. The translator
+reads attributes through it, the structlog spelling maps onto it, and the
+attribute reference in the docs is checked against it.
+
+A key is either *plain* (``mixpanel.event``: one value) or *keyed*
+(``mixpanel.people.set``: the attribute ``mixpanel.people.set.plan`` sets
+``plan``, and the key itself may carry a mapping of several names at once,
+which is how log records and structlog events spell it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+PREFIX = "mixpanel."
+
+# Field names of the parsed form (see ``_translate.Tagged``): what each key fills.
+EVENT = "event"
+DISTINCT_ID = "distinct_id"
+USER_ID = "user_id"
+DEVICE_ID = "device_id"
+PROPERTIES = "properties"
+TIME = "time"
+INSERT_ID = "insert_id"
+IP = "ip"
+GROUPS = "groups"
+PEOPLE_UNSET = "people_unset"
+PEOPLE_DELETE = "people_delete"
+CHARGE = "charge"
+CHARGE_AMOUNT = "charge_amount"
+CLEAR_CHARGES = "clear_charges"
+IGNORE_TIME = "ignore_time"
+GROUP_KEY = "group_key"
+GROUP_ID = "group_id"
+GROUP_UNSET = "group_unset"
+GROUP_DELETE = "group_delete"
+ALIAS = "alias"
+IDENTIFY_ANON_ID = "identify_anon_id"
+MERGE = "merge"
+
+# Keyed profile and group operations: field name -> Mixpanel operation.
+PEOPLE_OPERATIONS: Dict[str, str] = {
+    "people_set": "$set",
+    "people_set_once": "$set_once",
+    "people_add": "$add",
+    "people_append": "$append",
+    "people_union": "$union",
+    "people_remove": "$remove",
+}
+GROUP_OPERATIONS: Dict[str, str] = {
+    "group_set": "$set",
+    "group_set_once": "$set_once",
+    "group_union": "$union",
+    "group_remove": "$remove",
+}
+
+# Semantic-convention attributes that name the user when no mixpanel key does,
+# in order of preference (``enduser.id`` is the older, deprecated name).
+FALLBACK_USER_ATTRIBUTES = ("user.id", "enduser.id")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the convention."""
+
+    name: str
+    field: str
+    value: str
+    effect: str
+    keyed: bool = False
+    # For a keyed key that also takes a plain value on its own name
+    # (``mixpanel.people.track_charge = 9.99``): the field that value fills.
+    plain_field: Optional[str] = None
+
+    @property
+    def structlog_name(self) -> str:
+        """The underscore spelling structlog keyword arguments use."""
+        return self.name.replace(".", "_")
+
+
+def _people(op: str, value: str, effect: str) -> Key:
+    return Key(f"mixpanel.people.{op}", f"people_{op}", value, effect, keyed=True)
+
+
+def _group(op: str, value: str, effect: str) -> Key:
+    return Key(f"mixpanel.group.{op}", f"group_{op}", value, effect, keyed=True)
+
+
+KEYS: Tuple[Key, ...] = (
+    Key("mixpanel.event", EVENT, "str", "Send one Mixpanel event with this name."),
+    Key("mixpanel.distinct_id", DISTINCT_ID, "str",
+        "`distinct_id` of the event and the user profile its updates apply to."),
+    Key("mixpanel.user_id", USER_ID, "str",
+        "`$user_id` (Simplified ID Merge); the `distinct_id` when `mixpanel.distinct_id` "
+        "is absent."),
+    Key("mixpanel.device_id", DEVICE_ID, "str",
+        "`$device_id`; the `distinct_id` when neither of the two above is set."),
+    Key("mixpanel.properties", PROPERTIES, "any attribute value, or a mapping",
+        "Event property `<name>`; a mapping on the key itself adds several.", keyed=True),
+    Key("mixpanel.time", TIME, "seconds or milliseconds since the epoch, or ISO-8601 str",
+        "Overrides the event time (default: when the span ended or the record was made)."),
+    Key("mixpanel.insert_id", INSERT_ID, "str, at most 36 of [A-Za-z0-9-]",
+        "Overrides the derived `$insert_id`; an invalid one is replaced and counted."),
+    Key("mixpanel.ip", IP, "str",
+        "`ip` of the event and `$ip` of profile updates, for geolocation (none without it)."),
+    Key("mixpanel.groups", GROUPS, "str or sequence of str",
+        "Event property `<group_key>` = the group id(s): the event counts for those groups.",
+        keyed=True),
+    _people("set", "any", "`$set` the profile property `<name>`."),
+    _people("set_once", "any", "`$set_once`: set `<name>` only where it is not set yet."),
+    _people("add", "number", "`$add` to the numeric property `<name>` (negative decrements)."),
+    _people("append", "any", "`$append` the value to the list property `<name>`."),
+    _people("union", "sequence", "`$union` the values into the list property `<name>`."),
+    _people("remove", "any", "`$remove` the value from the list property `<name>`."),
+    Key("mixpanel.people.unset", PEOPLE_UNSET, "sequence of str",
+        "`$unset` these profile properties."),
+    Key("mixpanel.people.delete", PEOPLE_DELETE, "true", "`$delete` the user profile."),
+    Key("mixpanel.people.track_charge", CHARGE, "number; `<name>`: any",
+        "Record revenue: `$append` to `$transactions` an entry with `$amount`, `$time` and "
+        "the extra fields `<name>`.", keyed=True, plain_field=CHARGE_AMOUNT),
+    Key("mixpanel.people.clear_charges", CLEAR_CHARGES, "true",
+        "`$unset` `$transactions`: forget every charge."),
+    Key("mixpanel.people.ignore_time", IGNORE_TIME, "true",
+        "`$ignore_time` on the profile updates, so \"Last Seen\" is not touched."),
+    Key("mixpanel.group.key", GROUP_KEY, "str",
+        "The group key (`company`) of the group profile the operations below update."),
+    Key("mixpanel.group.id", GROUP_ID, "str", "The group id (`acme`) of that group profile."),
+    _group("set", "any", "`$set` the group property `<name>`."),
+    _group("set_once", "any", "`$set_once` the group property `<name>`."),
+    _group("union", "sequence", "`$union` the values into the group list property `<name>`."),
+    _group("remove", "any", "`$remove` the value from the group list property `<name>`."),
+    Key("mixpanel.group.unset", GROUP_UNSET, "sequence of str",
+        "`$unset` these group properties."),
+    Key("mixpanel.group.delete", GROUP_DELETE, "true", "`$delete` the group profile."),
+    Key("mixpanel.alias", ALIAS, "str",
+        "Send `$create_alias` (`distinct_id` = the event's, `alias` = this), before the events."),
+    Key("mixpanel.identify.anon_id", IDENTIFY_ANON_ID, "str",
+        "Send `$identify` (`$identified_id` = distinct_id, `$anon_id` = this), before the events."),
+    Key("mixpanel.merge", MERGE, "str",
+        "Send `$merge` of distinct_id and this id (needs a service account), before the events."),
+)
+
+BY_NAME: Dict[str, Key] = {key.name: key for key in KEYS}
+BY_STRUCTLOG_NAME: Dict[str, Key] = {key.structlog_name: key for key in KEYS}
+_KEYED_PREFIXES: Dict[str, Key] = {key.name + ".": key for key in KEYS if key.keyed}
+
+
+def lookup(attribute: str) -> Tuple[Optional[Key], Optional[str]]:
+    """Find the key an attribute name belongs to.
+
+    Returns ``(key, None)`` for a plain key or a keyed key's own name,
+    ``(key, "<name>")`` for a keyed attribute, ``(None, None)`` when the name
+    is not part of the convention.
+
+    >>> lookup("mixpanel.properties.plan.tier")[1]
+    'plan.tier'
+    """
+    key = BY_NAME.get(attribute)
+    if key is not None:
+        return key, None
+    # The shortest keyed prefix wins, so property names may contain dots.
+    start = len(PREFIX)
+    while True:
+        dot = attribute.find(".", start)
+        if dot < 0:
+            return None, None
+        key = _KEYED_PREFIXES.get(attribute[: dot + 1])
+        if key is not None:
+            name = attribute[dot + 1 :]
+            return (key, name) if name else (None, None)
+        start = dot + 1

@@ -1,0 +1,230 @@
+"""Mixpanel's client-side rules, applied to messages before they are encoded.
+
+A bad property never costs its event: it is cut, coerced or dropped alone,
+and every change is counted with its reason in :class:`Stats`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import math
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
+from otel_mixpanel._stats import Stats
+
+MAX_PROPERTIES = 254  # "fewer than 255"
+MAX_NAME_LENGTH = 255
+MAX_STRING_LENGTH = 255
+MAX_ITEMS = 254
+MAX_DEPTH = 3
+MAX_EVENT_COLLECTION_BYTES = 8 * 1024
+MAX_PROFILE_COLLECTION_BYTES = 256 * 1024
+FUTURE_TOLERANCE_MS = 3_600_000
+EARLIEST_MS = 31_536_000_000  # 1971-01-01, Mixpanel's lower bound for event time
+REQUIRED_EVENT_PROPERTIES = ("time", "distinct_id", "$insert_id")
+
+# Mixpanel rejects these as distinct_id (compared case-insensitively).
+DENYLISTED_DISTINCT_IDS = frozenset(
+    {
+        "00000000-0000-0000-0000-000000000000", "anon", "anonymous", "nil", "none",
+        "null", "n/a", "na", "undefined", "unknown", "<nil>", "0", "-1", "true",
+        "false", "[]", "{}",
+    }
+)
+
+_DROP = object()
+
+
+def is_denylisted(distinct_id: str) -> bool:
+    """Whether Mixpanel refuses *distinct_id* (``""`` is allowed)."""
+    return distinct_id.strip().lower() in DENYLISTED_DISTINCT_IDS
+
+
+class Limits:
+    """Applies the rules; ``clock`` returns seconds since the epoch."""
+
+    def __init__(self, stats: Stats, clock: Callable[[], float] = time.time) -> None:
+        self._stats = stats
+        self._clock = clock
+
+    def apply(self, messages: Sequence[Message]) -> List[Message]:
+        """The messages that can be sent, each within Mixpanel's limits."""
+        now_ms = int(self._clock() * 1000)
+        kept: List[Message] = []
+        for message in messages:
+            limited: Optional[Message]
+            if isinstance(message, Event):
+                limited = self._event(message, now_ms)
+            elif isinstance(message, ProfileUpdate):
+                limited = self._profile(message)
+            else:
+                limited = self._group(message)
+            if limited is not None:
+                kept.append(limited)
+        return kept
+
+    def _event(self, event: Event, now_ms: int) -> Optional[Event]:
+        properties = self._properties(event.properties, MAX_EVENT_COLLECTION_BYTES)
+        distinct_id = str(properties.get("distinct_id", ""))
+        if is_denylisted(distinct_id):
+            if isinstance(event, IdentityEvent):
+                self._stats.dropped("denylisted_distinct_id", detail=event.name)
+                return None
+            # Mixpanel would refuse the event; anonymous keeps it countable.
+            self._stats.adjusted("denylisted_distinct_id")
+            properties["distinct_id"] = ""
+        time_ms = properties.get("time")
+        if not isinstance(time_ms, int) or time_ms < EARLIEST_MS:
+            self._stats.dropped("time_before_1971", detail=event.name)
+            return None
+        if time_ms > now_ms + FUTURE_TOLERANCE_MS:
+            self._stats.adjusted("time_in_future")
+            properties["time"] = now_ms
+        return dataclasses.replace(event, properties=properties)
+
+    def _profile(self, update: ProfileUpdate) -> Optional[ProfileUpdate]:
+        if is_denylisted(update.distinct_id):
+            self._stats.dropped("denylisted_distinct_id", detail=update.operation)
+            return None
+        value = self._operation_value(update.value)
+        if value is _DROP:
+            return None
+        return dataclasses.replace(update, value=value)
+
+    def _group(self, update: GroupUpdate) -> Optional[GroupUpdate]:
+        value = self._operation_value(update.value)
+        if value is _DROP:
+            return None
+        return dataclasses.replace(update, value=value)
+
+    def _operation_value(self, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            cleaned = self._properties(value, MAX_PROFILE_COLLECTION_BYTES)
+            if not cleaned:
+                self._stats.dropped("empty_update")
+                return _DROP
+            return cleaned
+        if isinstance(value, list):  # $unset: names
+            return [self._string(name) for name in value[:MAX_ITEMS]]
+        return value
+
+    def _properties(self, properties: Mapping[str, Any], collection_bytes: int) -> Dict[str, Any]:
+        cleaned: Dict[str, Any] = {}
+        for raw_name, raw_value in properties.items():
+            name = raw_name if isinstance(raw_name, str) else str(raw_name)
+            if len(name) > MAX_NAME_LENGTH:
+                self._stats.dropped("property_name_too_long", detail=name[:40])
+                continue
+            value = self._value(raw_value, 0, name)
+            if value is _DROP:
+                continue
+            if isinstance(value, (list, dict)) and _encoded_size(value) > collection_bytes:
+                self._stats.dropped("collection_too_large", detail=name)
+                continue
+            cleaned[name] = value
+        if len(cleaned) > MAX_PROPERTIES:
+            cleaned = self._fewer_properties(cleaned)
+        return cleaned
+
+    def _fewer_properties(self, properties: Dict[str, Any]) -> Dict[str, Any]:
+        required = {k: properties[k] for k in REQUIRED_EVENT_PROPERTIES if k in properties}
+        room = MAX_PROPERTIES - len(required)
+        kept: Dict[str, Any] = {}
+        for name, value in properties.items():
+            if name not in required:
+                if len(kept) == room:
+                    break
+                kept[name] = value
+        self._stats.dropped("too_many_properties", len(properties) - room - len(required))
+        kept.update(required)
+        return kept
+
+    def _value(self, value: Any, depth: int, name: str) -> Any:
+        kind = type(value)
+        if kind is str:
+            return value if len(value) <= MAX_STRING_LENGTH else self._string(value)
+        if value is None or kind is int or kind is bool:
+            return value
+        if kind is float:
+            if math.isfinite(value):
+                return value
+            self._stats.dropped("non_finite_number", detail=name)
+            return _DROP
+        return self._other_value(value, depth, name)
+
+    def _other_value(self, value: Any, depth: int, name: str) -> Any:
+        if isinstance(value, enum.Enum):
+            value = value.value
+            return self._value(value, depth, name)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            self._stats.adjusted("bytes_decoded", detail=name)
+            return self._string(bytes(value).decode("utf-8", "replace"))
+        if isinstance(value, (str, bool, int, float)):  # subclasses
+            return self._value(_plain(value), depth, name)
+        if isinstance(value, (dt.datetime, dt.date, dt.time)):
+            return value.isoformat()[:MAX_STRING_LENGTH]
+        if isinstance(value, decimal.Decimal):
+            return self._value(float(value), depth, name)
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        if isinstance(value, Mapping):
+            return self._mapping(value, depth, name)
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return self._sequence(value, depth, name)
+        self._stats.dropped("unsupported_type", detail=f"{name}: {type(value).__name__}")
+        return _DROP
+
+    def _mapping(self, value: Mapping[Any, Any], depth: int, name: str) -> Any:
+        if depth >= MAX_DEPTH:
+            self._stats.dropped("nested_too_deep", detail=name)
+            return _DROP
+        cleaned: Dict[str, Any] = {}
+        for inner, raw in value.items():
+            if len(cleaned) == MAX_PROPERTIES:
+                self._stats.dropped("too_many_keys", detail=name)
+                break
+            inner_value = self._value(raw, depth + 1, name)
+            if inner_value is not _DROP:
+                cleaned[str(inner)[:MAX_NAME_LENGTH]] = inner_value
+        return cleaned
+
+    def _sequence(self, value: Any, depth: int, name: str) -> Any:
+        if depth >= MAX_DEPTH:
+            self._stats.dropped("nested_too_deep", detail=name)
+            return _DROP
+        items = list(value)
+        if len(items) > MAX_ITEMS:
+            self._stats.adjusted("list_truncated", detail=name)
+            items = items[:MAX_ITEMS]
+        cleaned = [self._value(item, depth + 1, name) for item in items]
+        return [item for item in cleaned if item is not _DROP]
+
+    def _string(self, value: Any) -> str:
+        text = str(value)
+        if len(text) <= MAX_STRING_LENGTH:
+            return text
+        self._stats.adjusted("string_truncated")
+        text = text[:MAX_STRING_LENGTH]
+        # Mixpanel's pages disagree on characters or bytes: satisfy both.
+        while len(text.encode("utf-8", "surrogatepass")) > MAX_STRING_LENGTH:
+            text = text[:-1]
+        return text
+
+
+def _plain(value: Any) -> Any:
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
+def _encoded_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+

@@ -1,0 +1,356 @@
+"""Tagged attributes plus a little context → Mixpanel messages.
+
+Pure: no I/O, no OpenTelemetry. Each input adapter (spans, log records,
+structlog) builds a :class:`Record` and calls :func:`translate`; everything
+Mixpanel-specific about the attributes happens here, through the table in
+``_convention``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from otel_mixpanel import _convention as c
+from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
+from otel_mixpanel._stats import Stats
+from otel_mixpanel._version import __version__
+
+LIBRARY_NAME = "otel-mixpanel"
+_INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
+_IDENTITY_FIELDS = (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
+_NAME_OF_FIELD = {key.field: key.name for key in c.KEYS}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One tagged input in the plain shape every adapter produces.
+
+    ``insert_id_seed`` and ``position`` must be stable for the same input, so
+    that exporting it twice derives the same ``$insert_id``. ``inherited``
+    holds the attributes of an enclosing span whose identity the record takes
+    when it has none of its own (span events).
+    """
+
+    attributes: Mapping[str, Any]
+    time_ms: int
+    insert_id_seed: str
+    position: int = 0
+    trace_id: Optional[str] = None
+    span_id: Optional[str] = None
+    duration: Optional[float] = None
+    resource: Mapping[str, Any] = field(default_factory=dict)
+    inherited: Mapping[str, Any] = field(default_factory=dict)
+
+
+def is_tagged(attributes: Optional[Mapping[str, Any]]) -> bool:
+    """Whether any attribute belongs to the convention: the cheap skip test."""
+    if not attributes:
+        return False
+    return any(name.startswith(c.PREFIX) for name in attributes)
+
+
+def parse(attributes: Mapping[str, Any], stats: Stats) -> Dict[str, Any]:
+    """Read the ``mixpanel.*`` attributes into fields named by the table.
+
+    Keyed keys become dicts; on a clash the keyed attribute
+    (``mixpanel.properties.plan``) wins over a mapping on the key itself.
+    """
+    fields: Dict[str, Any] = {}
+    for name, value in attributes.items():
+        if not name.startswith(c.PREFIX):
+            continue
+        key, sub = c.lookup(name)
+        if key is None:
+            stats.dropped("unknown_key", detail=name)
+        elif not key.keyed:
+            fields[key.field] = value
+        elif sub is not None:
+            fields.setdefault(key.field, {})[sub] = value
+        elif isinstance(value, Mapping):
+            keyed = fields.setdefault(key.field, {})
+            for inner, inner_value in value.items():
+                keyed.setdefault(str(inner), inner_value)
+        elif key.plain_field is not None:
+            fields[key.plain_field] = value
+        else:
+            stats.dropped("not_a_mapping", detail=name)
+    return fields
+
+
+def translate(record: Record, stats: Stats, *, trace_ids: bool = True) -> List[Message]:
+    """Every message one record produces: identity events, the event, profile
+    updates, then group updates."""
+    fields = parse(record.attributes, stats)
+    _inherit_identity(fields, record.inherited)
+    distinct_id = _distinct_id(fields, record, stats)
+    time_ms = _event_time(fields.get(c.TIME), record.time_ms, stats)
+    messages: List[Message] = []
+    messages.extend(_identity_events(fields, record, distinct_id, time_ms, stats))
+    event = _event(fields, record, distinct_id, time_ms, stats, trace_ids)
+    if event is not None:
+        messages.append(event)
+    messages.extend(_profile_updates(fields, distinct_id, time_ms, stats))
+    messages.extend(_group_updates(fields, stats))
+    return messages
+
+
+def derive_insert_id(seed: str, position: int, tag: str) -> str:
+    """A 32-character hex id, the same for the same (seed, position, tag)."""
+    digest = hashlib.blake2b(f"{seed}:{position}:{tag}".encode(), digest_size=16)
+    return digest.hexdigest()
+
+
+def _inherit_identity(fields: Dict[str, Any], inherited: Mapping[str, Any]) -> None:
+    if not inherited:
+        return
+    for field_name in _IDENTITY_FIELDS:
+        name = _NAME_OF_FIELD[field_name]
+        if field_name not in fields and name in inherited:
+            fields[field_name] = inherited[name]
+
+
+def _text(value: Any) -> Optional[str]:
+    """An identifier as Mixpanel wants it: str, or an int spelled out."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True or (type(value) is int and value == 1)
+
+
+def _distinct_id(fields: Dict[str, Any], record: Record, stats: Stats) -> str:
+    for field_name in _IDENTITY_FIELDS:
+        if field_name in fields:
+            value = _text(fields[field_name])
+            if value is None:
+                stats.dropped("invalid_identity", detail=field_name)
+            elif value:
+                return value
+    for source in (record.attributes, record.inherited):
+        for name in c.FALLBACK_USER_ATTRIBUTES:
+            value = _text(source.get(name))
+            if value:
+                return value
+    return ""
+
+
+def parse_time_ms(value: Any) -> Optional[int]:
+    """Seconds or milliseconds since the epoch, an ISO-8601 string or a
+    datetime, as whole milliseconds; None when it is none of those."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return parse_time_ms(float(text))
+        except ValueError:
+            pass
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return int(value.timestamp() * 1000)
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            return None
+        # 1e11 ms is 1973 and 1e11 s is the year 5138: the two never overlap.
+        return int(value) if abs(value) >= 1e11 else int(value * 1000)
+    return None
+
+
+def _event_time(override: Any, default_ms: int, stats: Stats) -> int:
+    if override is None:
+        return default_ms
+    parsed = parse_time_ms(override)
+    if parsed is None:
+        stats.adjusted("invalid_time", detail="mixpanel.time")
+        return default_ms
+    return parsed
+
+
+def _properties(value: Any) -> Dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _identity_events(
+    fields: Dict[str, Any], record: Record, distinct_id: str, time_ms: int, stats: Stats
+) -> List[Message]:
+    wanted = [
+        ("$create_alias", fields.get(c.ALIAS), "alias"),
+        ("$identify", fields.get(c.IDENTIFY_ANON_ID), "$anon_id"),
+        ("$merge", fields.get(c.MERGE), "$distinct_ids"),
+    ]
+    events: List[Message] = []
+    for name, raw, property_name in wanted:
+        if raw is None:
+            continue
+        other = _text(raw)
+        if not other or not distinct_id:
+            stats.dropped("identity_without_ids", detail=name)
+            continue
+        properties: Dict[str, Any] = {
+            "time": time_ms,
+            "distinct_id": distinct_id,
+            "$insert_id": derive_insert_id(record.insert_id_seed, record.position, name),
+        }
+        if name == "$identify":
+            properties["$identified_id"] = distinct_id
+        properties[property_name] = [distinct_id, other] if name == "$merge" else other
+        events.append(IdentityEvent(name, properties))
+    return events
+
+
+def _event(
+    fields: Dict[str, Any],
+    record: Record,
+    distinct_id: str,
+    time_ms: int,
+    stats: Stats,
+    trace_ids: bool,
+) -> Optional[Event]:
+    if c.EVENT not in fields:
+        return None
+    name = fields[c.EVENT]
+    if not isinstance(name, str) or not name.strip():
+        stats.dropped("invalid_event_name")
+        return None
+    properties: Dict[str, Any] = dict(record.resource)
+    if trace_ids and record.trace_id:
+        properties["trace_id"] = record.trace_id
+        properties["span_id"] = record.span_id
+    if record.duration is not None:
+        properties["$duration"] = record.duration
+    properties["mp_lib"] = LIBRARY_NAME
+    properties["$lib_version"] = __version__
+    for group_key, group_ids in _properties(fields.get(c.GROUPS)).items():
+        properties[group_key] = list(group_ids) if _is_sequence(group_ids) else group_ids
+    properties.update(_properties(fields.get(c.PROPERTIES)))
+    for field_name, property_name in ((c.USER_ID, "$user_id"), (c.DEVICE_ID, "$device_id")):
+        value = _text(fields.get(field_name))
+        if value:
+            properties[property_name] = value
+    ip = _text(fields.get(c.IP))
+    if ip:
+        properties["ip"] = ip
+    properties["time"] = time_ms
+    properties["distinct_id"] = distinct_id
+    properties["$insert_id"] = _insert_id(fields.get(c.INSERT_ID), record, stats)
+    return Event(name, properties)
+
+
+def _insert_id(override: Any, record: Record, stats: Stats) -> str:
+    if override is not None:
+        if isinstance(override, str) and _INSERT_ID.fullmatch(override):
+            return override
+        stats.adjusted("invalid_insert_id", detail="mixpanel.insert_id")
+    return derive_insert_id(record.insert_id_seed, record.position, "")
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _names(value: Any) -> List[str]:
+    if isinstance(value, str):
+        return [value]
+    if _is_sequence(value):
+        return [item for item in value if isinstance(item, str)]
+    return []
+
+
+def _keyed_operations(
+    fields: Dict[str, Any], table: Mapping[str, str], stats: Stats
+) -> List[Tuple[str, Any]]:
+    """The ``$set``-like operations present, each with its name → value mapping."""
+    operations: List[Tuple[str, Any]] = []
+    for field_name, operation in table.items():
+        values = _properties(fields.get(field_name))
+        if operation == "$add":
+            values = _numbers_only(values, stats)
+        elif operation == "$union":
+            values = {k: list(v) if _is_sequence(v) else [v] for k, v in values.items()}
+        if values:
+            operations.append((operation, values))
+    return operations
+
+
+def _profile_updates(
+    fields: Dict[str, Any], distinct_id: str, time_ms: int, stats: Stats
+) -> List[Message]:
+    operations = _keyed_operations(fields, c.PEOPLE_OPERATIONS, stats)
+    unset = _names(fields.get(c.PEOPLE_UNSET))
+    if unset:
+        operations.append(("$unset", unset))
+    if _flag(fields.get(c.CLEAR_CHARGES)):
+        operations.append(("$unset", ["$transactions"]))
+    charge = _charge(fields, time_ms, stats)
+    if charge is not None:
+        operations.append(("$append", {"$transactions": charge}))
+    if _flag(fields.get(c.PEOPLE_DELETE)):
+        operations.append(("$delete", ""))
+    if not operations:
+        return []
+    if not distinct_id:
+        stats.dropped("profile_without_distinct_id", len(operations))
+        return []
+    modifiers: Dict[str, Any] = {"$ip": _text(fields.get(c.IP)) or "0"}
+    if _flag(fields.get(c.IGNORE_TIME)):
+        modifiers["$ignore_time"] = True
+    return [ProfileUpdate(distinct_id, op, value, modifiers) for op, value in operations]
+
+
+def _numbers_only(values: Dict[str, Any], stats: Stats) -> Dict[str, Any]:
+    numbers = {}
+    for name, value in values.items():
+        if _is_number(value):
+            numbers[name] = value
+        else:
+            stats.dropped("add_not_a_number", detail=name)
+    return numbers
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _charge(fields: Dict[str, Any], time_ms: int, stats: Stats) -> Optional[Dict[str, Any]]:
+    extras = _properties(fields.get(c.CHARGE))
+    amount = fields.get(c.CHARGE_AMOUNT, extras.pop("amount", None))
+    if amount is None and not extras:
+        return None
+    if not _is_number(amount):
+        stats.dropped("charge_without_amount")
+        return None
+    when = datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc)
+    return {"$amount": amount, "$time": when.strftime("%Y-%m-%dT%H:%M:%S"), **extras}
+
+
+def _group_updates(fields: Dict[str, Any], stats: Stats) -> List[Message]:
+    operations = _keyed_operations(fields, c.GROUP_OPERATIONS, stats)
+    unset = _names(fields.get(c.GROUP_UNSET))
+    if unset:
+        operations.append(("$unset", unset))
+    if _flag(fields.get(c.GROUP_DELETE)):
+        operations.append(("$delete", ""))
+    if not operations:
+        return []
+    group_key = _text(fields.get(c.GROUP_KEY))
+    group_id = _text(fields.get(c.GROUP_ID))
+    if not group_key or not group_id:
+        stats.dropped("group_without_key_or_id", len(operations))
+        return []
+    return [GroupUpdate(group_key, group_id, op, value) for op, value in operations]

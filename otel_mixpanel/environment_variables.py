@@ -1,0 +1,57 @@
+"""Environment variables read by the Mixpanel exporters.
+
+Every ``OTEL_*`` constant here is also a flag of ``opentelemetry-instrument``
+(``OTEL_EXPORTER_MIXPANEL_TOKEN`` becomes ``--exporter_mixpanel_token``).
+A keyword argument of the exporter with the same suffix, lower-cased,
+overrides the variable: ``MixpanelSpanExporter(token=...)``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "OTEL_EXPORTER_MIXPANEL_API_HOST",
+    "OTEL_EXPORTER_MIXPANEL_COMPRESSION",
+    "OTEL_EXPORTER_MIXPANEL_PROJECT_ID",
+    "OTEL_EXPORTER_MIXPANEL_REGION",
+    "OTEL_EXPORTER_MIXPANEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_SECRET",
+    "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_USERNAME",
+    "OTEL_EXPORTER_MIXPANEL_TIMEOUT",
+    "OTEL_EXPORTER_MIXPANEL_TOKEN",
+    "OTEL_EXPORTER_MIXPANEL_TRACE_IDS",
+]
+
+OTEL_EXPORTER_MIXPANEL_TOKEN = "OTEL_EXPORTER_MIXPANEL_TOKEN"
+"""The project token: authenticates ``/import`` (when no service account is
+set) and fills ``$token`` on profile and group updates."""
+
+OTEL_EXPORTER_MIXPANEL_PROJECT_ID = "OTEL_EXPORTER_MIXPANEL_PROJECT_ID"
+"""The numeric project id; required with a service account."""
+
+OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_USERNAME = "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_USERNAME"
+"""Service account username (HTTP Basic on ``/import``)."""
+
+OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_SECRET = "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_SECRET"
+"""Service account secret."""
+
+OTEL_EXPORTER_MIXPANEL_REGION = "OTEL_EXPORTER_MIXPANEL_REGION"
+"""``us`` (default), ``eu`` or ``in``: the data residency of the project."""
+
+OTEL_EXPORTER_MIXPANEL_API_HOST = "OTEL_EXPORTER_MIXPANEL_API_HOST"
+"""A host (``api-eu.mixpanel.com``) or a base URL (``http://127.0.0.1:8080``);
+overrides the region. Plain ``http`` is accepted for loopback hosts only."""
+
+OTEL_EXPORTER_MIXPANEL_TIMEOUT = "OTEL_EXPORTER_MIXPANEL_TIMEOUT"
+"""Seconds one export may take, retries included (default 10)."""
+
+OTEL_EXPORTER_MIXPANEL_COMPRESSION = "OTEL_EXPORTER_MIXPANEL_COMPRESSION"
+"""``gzip`` (default) or ``none``; applies to ``/import`` only, since
+``/engage`` and ``/groups`` do not accept compressed bodies."""
+
+OTEL_EXPORTER_MIXPANEL_RESOURCE_ATTRIBUTES = "OTEL_EXPORTER_MIXPANEL_RESOURCE_ATTRIBUTES"
+"""Comma-separated resource attributes copied onto every event
+(default ``service.name``; empty for none)."""
+
+OTEL_EXPORTER_MIXPANEL_TRACE_IDS = "OTEL_EXPORTER_MIXPANEL_TRACE_IDS"
+"""``true`` (default) or ``false``: whether events carry ``trace_id`` and
+``span_id`` properties linking them to their trace."""
