@@ -14,7 +14,8 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
 from otel_mixpanel._stats import Stats

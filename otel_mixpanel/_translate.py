@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from otel_mixpanel import _convention as c
 from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate

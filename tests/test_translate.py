@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, List, Mapping
 
 import pytest
@@ -84,7 +85,8 @@ class TestEvent:
     @pytest.mark.parametrize(
         ("attributes", "expected"),
         [
-            ({"mixpanel.distinct_id": "d", "mixpanel.user_id": "u", "mixpanel.device_id": "v"}, "d"),
+            ({"mixpanel.distinct_id": "d", "mixpanel.user_id": "u",
+              "mixpanel.device_id": "v"}, "d"),
             ({"mixpanel.user_id": "u", "mixpanel.device_id": "v"}, "u"),
             ({"mixpanel.device_id": "v", "user.id": "o"}, "v"),
             ({"user.id": "o", "enduser.id": "e"}, "o"),
@@ -347,8 +349,6 @@ def test_is_tagged() -> None:
 
 def test_parse_time_ms_datetime() -> None:
     """A naive datetime is taken as UTC."""
-    from datetime import datetime, timezone
-
     assert parse_time_ms(datetime(2023, 11, 14, 22, 13, 20)) == 1_700_000_000_000
     aware = datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
     assert parse_time_ms(aware) == 1_700_000_000_000

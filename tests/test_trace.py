@@ -1,0 +1,233 @@
+"""MixpanelSpanExporter end to end: real spans, the SDK's BatchSpanProcessor,
+real HTTP to the local Mixpanel."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator, List
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_mixpanel import ConfigurationError, MixpanelSpanExporter
+from otel_mixpanel.testing import LocalMixpanel
+
+
+@pytest.fixture
+def provider(mixpanel: LocalMixpanel) -> Iterator[TracerProvider]:
+    """A tracer provider exporting to the local Mixpanel through the batch processor."""
+    tracer_provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    yield tracer_provider
+    tracer_provider.shutdown()
+
+
+def finished_spans(*attribute_sets: dict[str, Any], events: Any = ()) -> List[ReadableSpan]:
+    """Real ReadableSpans, recorded in memory."""
+    memory = InMemorySpanExporter()
+    # The SDK keeps 128 attributes by default, evicting the oldest; hostile tests need more.
+    tracer_provider = TracerProvider(
+        resource=Resource.create({"service.name": "shop"}),
+        span_limits=SpanLimits(max_span_attributes=20_000),
+    )
+    tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = tracer_provider.get_tracer("test")
+    for attributes in attribute_sets:
+        with tracer.start_as_current_span("op", attributes=attributes) as span:
+            for name, event_attributes in events:
+                span.add_event(name, event_attributes)
+    tracer_provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def test_tagged_span_arrives_from_the_worker_thread(
+    mixpanel: LocalMixpanel, provider: TracerProvider
+) -> None:
+    """A tagged span becomes an event, profile and group updates; the request
+    thread never sends."""
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("signup") as span:
+        span.set_attribute("mixpanel.event", "Signed Up")
+        span.set_attribute("mixpanel.user_id", "u1")
+        span.set_attribute("mixpanel.properties.plan", "pro")
+        span.set_attribute("mixpanel.people.set.plan", "pro")
+        span.set_attribute("mixpanel.people.add.logins", 2)
+        span.set_attribute("mixpanel.group.key", "company")
+        span.set_attribute("mixpanel.group.id", "acme")
+        span.set_attribute("mixpanel.group.set.tier", "gold")
+    assert mixpanel.requests == []  # nothing sent on this thread
+    assert provider.force_flush()
+    (event,) = mixpanel.events_named("Signed Up")
+    props = event["properties"]
+    assert props["distinct_id"] == "u1" and props["$user_id"] == "u1"
+    assert props["plan"] == "pro"
+    assert props["service.name"] == "shop"
+    assert props["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert props["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert props["$duration"] >= 0
+    assert mixpanel.profiles["u1"] == {"plan": "pro", "logins": 2}
+    assert mixpanel.groups[("company", "acme")] == {"tier": "gold"}
+    assert mixpanel.rejected == []
+
+
+def test_sent_on_the_batch_worker_thread(mixpanel: LocalMixpanel) -> None:
+    """Export runs on the BatchSpanProcessor's worker, not the caller."""
+    seen: List[str] = []
+
+    class Recording(MixpanelSpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            seen.append(threading.current_thread().name)
+            return super().export(spans)
+
+    tracer_provider = TracerProvider()
+    exporter = Recording(token=mixpanel.token, api_host=mixpanel.url)
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=10))
+    with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+        span.set_attribute("mixpanel.event", "E")
+    assert mixpanel.wait_for(lambda m: len(m.events) == 1)
+    tracer_provider.shutdown()
+    assert seen and threading.current_thread().name not in seen
+
+
+def test_untagged_spans_send_nothing(mixpanel: LocalMixpanel) -> None:
+    """Spans without mixpanel.* attributes (even with user.id) never leave the process."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    spans = finished_spans({"user.id": "u1", "http.route": "/"}, {})
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert mixpanel.requests == []
+
+
+def test_only_mixpanel_attributes_leave_the_process(mixpanel: LocalMixpanel) -> None:
+    """Other attributes of a tagged span are not sent."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    spans = finished_spans({"mixpanel.event": "E", "http.secret_header": "hunter2"})
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert b"hunter2" not in b"".join(r.body for r in mixpanel.requests)
+    assert "hunter2" not in str(mixpanel.events)
+
+
+def test_insert_id_is_deterministic_across_exports(mixpanel: LocalMixpanel) -> None:
+    """The same span exported twice gives the same $insert_id, so Mixpanel keeps one."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    spans = finished_spans({"mixpanel.event": "Paid", "mixpanel.distinct_id": "u"})
+    exporter.export(spans)
+    exporter.export(spans)
+    assert len(mixpanel.events) == 2
+    first, second = mixpanel.events
+    assert first == second
+    assert len(mixpanel.unique_events()) == 1
+
+
+def test_span_events_are_their_own_events(mixpanel: LocalMixpanel) -> None:
+    """A span event with mixpanel.event is an event with the span's identity and ids."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    spans = finished_spans(
+        {"mixpanel.user_id": "u7", "mixpanel.properties.plan": "pro"},
+        events=[("click", {"mixpanel.event": "Clicked Buy", "mixpanel.properties.button": "b"}),
+                ("log", {"note": "untagged"})],
+    )
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    (event,) = mixpanel.events
+    assert event["event"] == "Clicked Buy"
+    props = event["properties"]
+    assert props["distinct_id"] == "u7" and props["button"] == "b"
+    assert "plan" not in props and "$duration" not in props
+    assert props["trace_id"] == format(spans[0].context.trace_id, "032x")
+    assert props["time"] == spans[0].events[0].timestamp // 1_000_000
+
+
+def test_time_is_span_end_in_ms(mixpanel: LocalMixpanel) -> None:
+    """The event time is the span's end time, in integer milliseconds."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    spans = finished_spans({"mixpanel.event": "E"})
+    exporter.export(spans)
+    (event,) = mixpanel.events
+    assert spans[0].end_time is not None
+    assert event["properties"]["time"] == spans[0].end_time // 1_000_000
+
+
+def test_identity_events_before_events(mixpanel: LocalMixpanel) -> None:
+    """In one batch, identity events are sent before the events that need them."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    spans = finished_spans(
+        {"mixpanel.event": "Browsed", "mixpanel.distinct_id": "anon-1"},
+        {"mixpanel.event": "Logged In", "mixpanel.distinct_id": "u1",
+         "mixpanel.identify.anon_id": "anon-1", "mixpanel.alias": "u1-alias"},
+    )
+    exporter.export(spans)
+    assert [e["event"] for e in mixpanel.events] == [
+        "$create_alias", "$identify", "Browsed", "Logged In",
+    ]
+
+
+def test_merge_with_service_account(mixpanel: LocalMixpanel) -> None:
+    """$merge needs a service account; with one it is accepted."""
+    user, secret = mixpanel.service_account
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, project_id=mixpanel.project_id,
+        service_account_username=user, service_account_secret=secret,
+    )
+    spans = finished_spans({"mixpanel.distinct_id": "a", "mixpanel.merge": "b"})
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    (merge,) = mixpanel.events
+    assert merge["event"] == "$merge"
+    assert merge["properties"]["$distinct_ids"] == ["a", "b"]
+
+
+def test_hostile_values_never_raise(mixpanel: LocalMixpanel) -> None:
+    """100 kB strings, NaN and 400 properties: the event still arrives."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    attributes: dict[str, Any] = {"mixpanel.event": "Hostile", "mixpanel.distinct_id": "u"}
+    attributes["mixpanel.properties.big"] = "x" * 100_000
+    attributes["mixpanel.properties.nan"] = float("nan")
+    attributes["mixpanel.properties.inf"] = float("inf")
+    attributes.update({f"mixpanel.properties.p{i}": i for i in range(400)})
+    assert exporter.export(finished_spans(attributes)) is SpanExportResult.SUCCESS
+    (event,) = mixpanel.events
+    assert len(event["properties"]) == 254
+    assert mixpanel.rejected == []
+    dropped = exporter.stats()["dropped"]
+    assert dropped["non_finite_number"] == 2
+    assert dropped["too_many_properties"] > 0
+
+
+def test_export_after_shutdown_fails(mixpanel: LocalMixpanel) -> None:
+    """After shutdown, export returns FAILURE and sends nothing; shutdown is idempotent."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter.shutdown()
+    exporter.shutdown()
+    assert exporter.export(finished_spans({"mixpanel.event": "E"})) is SpanExportResult.FAILURE
+    assert mixpanel.requests == []
+
+
+def test_failure_is_reported(mixpanel: LocalMixpanel) -> None:
+    """When Mixpanel cannot be reached the export says FAILURE and counts the loss."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    mixpanel.fail_next(status=503)
+    assert exporter.export(finished_spans({"mixpanel.event": "E"})) is SpanExportResult.FAILURE
+    assert exporter.stats()["dropped"] == {"delivery_failed": 1}
+
+
+def test_no_arguments_reads_environment(
+    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The no-argument exporter (as opentelemetry-instrument builds it) uses the variables."""
+    for name, value in mixpanel.env().items():
+        monkeypatch.setenv(name, value)
+    exporter = MixpanelSpanExporter()
+    assert exporter.export(finished_spans({"mixpanel.event": "E"})) is SpanExportResult.SUCCESS
+    assert len(mixpanel.events) == 1
+
+
+def test_no_credentials_is_a_clear_error() -> None:
+    """Without any credentials construction fails, naming the variables."""
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_MIXPANEL_TOKEN"):
+        MixpanelSpanExporter()
