@@ -1,19 +1,31 @@
 """otel-mixpanel: Mixpanel analytics from the telemetry a service already emits.
 
-Tag a span with ``mixpanel.*`` attributes and :class:`MixpanelSpanExporter`
-turns it into Mixpanel events, profile updates and group updates, delivered
-in batches on the OpenTelemetry batch processor's thread.
+Tag a span or a log record with ``mixpanel.*`` attributes (or a structlog
+event with ``mixpanel_*`` keys) and :class:`MixpanelSpanExporter` /
+:class:`MixpanelLogExporter` turn it into Mixpanel events, profile updates and
+group updates, delivered in batches on the OpenTelemetry batch processors'
+threads. :func:`bind_identity` tags everything of a request with its user.
 """
 
 from __future__ import annotations
 
 from otel_mixpanel._exceptions import ConfigurationError, MixpanelError
 from otel_mixpanel._version import __version__
+from otel_mixpanel.identity import (
+    MixpanelIdentityLogProcessor,
+    MixpanelIdentitySpanProcessor,
+    bind_identity,
+)
+from otel_mixpanel.logs import MixpanelLogExporter
 from otel_mixpanel.trace import MixpanelSpanExporter
 
 __all__ = [
     "ConfigurationError",
     "MixpanelError",
+    "MixpanelIdentityLogProcessor",
+    "MixpanelIdentitySpanProcessor",
+    "MixpanelLogExporter",
     "MixpanelSpanExporter",
     "__version__",
+    "bind_identity",
 ]

@@ -12,10 +12,13 @@ which is how log records and structlog events spell it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 PREFIX = "mixpanel."
+UNDERSCORE_PREFIX = "mixpanel_"  # the structlog spelling: keyword arguments cannot hold dots
+PREFIXES = (PREFIX, UNDERSCORE_PREFIX)
 
 # Field names of the parsed form (see ``_translate.Tagged``): what each key fills.
 EVENT = "event"
@@ -145,7 +148,48 @@ KEYS: Tuple[Key, ...] = (
 
 BY_NAME: Dict[str, Key] = {key.name: key for key in KEYS}
 BY_STRUCTLOG_NAME: Dict[str, Key] = {key.structlog_name: key for key in KEYS}
+# Groups of keys a structlog mapping may stand for: mixpanel_group={"key": ..., "set": {...}}.
+NAMESPACES: Dict[str, str] = {
+    name.replace(".", "_"): name
+    for key in KEYS
+    for name in (key.name.rsplit(".", depth)[0] for depth in range(1, key.name.count(".")))
+    if name not in BY_NAME
+}
+# Keys that only say whose record it is: on their own they produce no message.
+CONTEXT_FIELDS = frozenset({DISTINCT_ID, USER_ID, DEVICE_ID, IP})
+CONTEXT_NAMES = frozenset(
+    spelling
+    for key in KEYS
+    if key.field in CONTEXT_FIELDS
+    for spelling in (key.name, key.structlog_name)
+)
 _KEYED_PREFIXES: Dict[str, Key] = {key.name + ".": key for key in KEYS if key.keyed}
+
+
+def dotted_names(name: str, value: Any) -> Iterator[Tuple[Optional[str], Any]]:
+    """The dotted key(s) an underscore-spelt name stands for, with their values.
+
+    ``mixpanel_people_set`` is ``mixpanel.people.set``, by table, never by
+    replacing underscores; a mapping under a group name expands into its keys.
+    Yields ``(None, name)`` for a name that is not part of the convention.
+
+    >>> list(dotted_names("mixpanel_group", {"key": "company", "id": "acme"}))
+    [('mixpanel.group.key', 'company'), ('mixpanel.group.id', 'acme')]
+    """
+    key = BY_STRUCTLOG_NAME.get(name)
+    if key is not None:
+        yield key.name, value
+        return
+    namespace = NAMESPACES.get(name)
+    if namespace is None or not isinstance(value, Mapping):
+        yield None, name
+        return
+    for inner, inner_value in value.items():
+        dotted = f"{namespace}.{inner}"
+        if dotted in BY_NAME:
+            yield dotted, inner_value
+        else:
+            yield from dotted_names(dotted.replace(".", "_"), inner_value)
 
 
 def lookup(attribute: str) -> Tuple[Optional[Key], Optional[str]]:

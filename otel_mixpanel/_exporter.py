@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from collections.abc import Mapping
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from otel_mixpanel._config import Settings, resolve_settings
 from otel_mixpanel._delivery import Delivery
@@ -18,29 +19,53 @@ from otel_mixpanel._stats import Stats
 from otel_mixpanel._translate import Record, translate
 from otel_mixpanel._transport import Transport
 
-_logger = logging.getLogger(__name__)
+# The library's own loggers: their records never become Mixpanel events.
+OWN_LOGGER_PREFIX = "otel_mixpanel"
 
 
-class ExporterCore:
-    """Settings → delivery; translation of records; counters."""
+class MixpanelExporterBase:
+    """Configuration and lifecycle shared by the signal exporters.
+
+    Every argument defaults to its ``OTEL_EXPORTER_MIXPANEL_*`` environment
+    variable (see :mod:`otel_mixpanel.environment_variables`), so an exporter
+    can be built with no arguments, as ``opentelemetry-instrument`` does.
+
+    Args:
+        token: the project token.
+        project_id: the project id (needed with a service account).
+        service_account_username: service account that authenticates ``/import``.
+        service_account_secret: its secret.
+        region: ``us``, ``eu`` or ``in``.
+        api_host: a host or base URL replacing the region's host.
+        timeout: seconds one export may take, retries included (default 10).
+        compression: ``gzip`` (default) or ``none``, for ``/import``.
+        resource_attributes: resource attributes copied onto every event
+            (default ``("service.name",)``).
+        trace_ids: whether events carry ``trace_id``/``span_id`` (default True).
+        transport: replaces the HTTP client (tests).
+
+    Raises:
+        ConfigurationError: no credentials, or an invalid setting.
+    """
+
+    _logger: logging.Logger = logging.getLogger(__name__)
 
     def __init__(
         self,
+        token: Optional[str] = None,
+        project_id: Optional[str] = None,
+        service_account_username: Optional[str] = None,
+        service_account_secret: Optional[str] = None,
+        region: Optional[str] = None,
+        api_host: Optional[str] = None,
+        timeout: Optional[float] = None,
+        compression: Optional[str] = None,
         *,
-        token: Optional[str],
-        project_id: Optional[str],
-        service_account_username: Optional[str],
-        service_account_secret: Optional[str],
-        region: Optional[str],
-        api_host: Optional[str],
-        timeout: Optional[float],
-        compression: Optional[str],
-        resource_attributes: Optional[Sequence[str]],
-        trace_ids: Optional[bool],
-        transport: Optional[Transport],
-        logger: logging.Logger,
+        resource_attributes: Optional[Sequence[str]] = None,
+        trace_ids: Optional[bool] = None,
+        transport: Optional[Transport] = None,
     ) -> None:
-        self.settings: Settings = resolve_settings(
+        self._settings: Settings = resolve_settings(
             token=token,
             project_id=project_id,
             service_account_username=service_account_username,
@@ -52,39 +77,58 @@ class ExporterCore:
             resource_attributes=resource_attributes,
             trace_ids=trace_ids,
         )
-        self.logger = logger
-        self.stats = Stats(logger)
-        self.delivery = Delivery(self.settings, transport=transport, stats=self.stats)
+        self._stats = Stats(self._logger)
+        self._delivery = Delivery(self._settings, transport=transport, stats=self._stats)
         self._resource_properties: Dict[int, Mapping[str, Any]] = {}
         self._lock = threading.Lock()
-        self.is_shut_down = False
+        self._is_shut_down = False
 
-    def resource_properties(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _properties_of_resource(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
         """The chosen resource attributes as event properties, cached per resource."""
         key = id(attributes)
         cached = self._resource_properties.get(key)
         if cached is None:
-            names = self.settings.resource_attributes
+            names = self._settings.resource_attributes
             cached = {name: attributes[name] for name in names if name in attributes}
             # Resources live as long as their provider: a handful per process.
             self._resource_properties[key] = cached
         return cached
 
-    def deliver(self, records: Iterable[Record]) -> bool:
-        """Translate and send; True when every request was answered by Mixpanel."""
-        messages: List[Message] = []
-        trace_ids = self.settings.trace_ids
-        for record in records:
-            messages.extend(translate(record, self.stats, trace_ids=trace_ids))
-        if not messages:
-            return True
-        return self.delivery.deliver(messages).ok
+    def _deliver(self, records: Iterable[Record]) -> bool:
+        """Translate and send; False after shutdown, on any error, or when a
+        request went unanswered. Never raises."""
+        if self._is_shut_down:
+            self._logger.warning("Mixpanel exporter already shut down; dropping the batch")
+            return False
+        try:
+            messages: List[Message] = []
+            trace_ids = self._settings.trace_ids
+            for record in records:
+                messages.extend(translate(record, self._stats, trace_ids=trace_ids))
+            if not messages:
+                return True
+            return self._delivery.deliver(messages).ok
+        except Exception:  # export must never raise into the batch processor
+            self._logger.exception("Mixpanel export failed")
+            return False
+
+    def stats(self) -> Dict[str, Dict[str, int]]:
+        """Counters of records sent, adjusted and dropped, by reason.
+
+        >>> exporter.stats()  # doctest: +SKIP
+        {'sent': {'events': 12}, 'dropped': {'non_finite_number': 1}, 'adjusted': {}}
+        """
+        return self._stats.snapshot()
 
     def shutdown(self) -> None:
-        """Stop accepting exports and close connections; safe to call twice."""
+        """Close the HTTP connections; later exports fail. Safe to call twice."""
         with self._lock:
-            if self.is_shut_down:
-                self.logger.warning("Mixpanel exporter shutdown called more than once")
+            if self._is_shut_down:
+                self._logger.warning("Mixpanel exporter shutdown called more than once")
                 return
-            self.is_shut_down = True
-        self.delivery.close()
+            self._is_shut_down = True
+        self._delivery.close()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Nothing is buffered inside the exporter: always True."""
+        return True

@@ -52,35 +52,52 @@ def is_tagged(attributes: Optional[Mapping[str, Any]]) -> bool:
     """Whether any attribute belongs to the convention: the cheap skip test."""
     if not attributes:
         return False
-    return any(name.startswith(c.PREFIX) for name in attributes)
+    prefixes = c.PREFIXES
+    return any(name.startswith(prefixes) for name in attributes)
+
+
+def carries_messages(attributes: Mapping[str, Any]) -> bool:
+    """Whether the tags can produce a message: identity and ``ip`` alone cannot."""
+    prefixes, context = c.PREFIXES, c.CONTEXT_NAMES
+    return any(name.startswith(prefixes) and name not in context for name in attributes)
 
 
 def parse(attributes: Mapping[str, Any], stats: Stats) -> Dict[str, Any]:
-    """Read the ``mixpanel.*`` attributes into fields named by the table.
+    """Read the convention's attributes, in either spelling, into fields named
+    by the table.
 
     Keyed keys become dicts; on a clash the keyed attribute
     (``mixpanel.properties.plan``) wins over a mapping on the key itself.
     """
     fields: Dict[str, Any] = {}
     for name, value in attributes.items():
-        if not name.startswith(c.PREFIX):
-            continue
-        key, sub = c.lookup(name)
-        if key is None:
-            stats.dropped("unknown_key", detail=name)
-        elif not key.keyed:
-            fields[key.field] = value
-        elif sub is not None:
-            fields.setdefault(key.field, {})[sub] = value
-        elif isinstance(value, Mapping):
-            keyed = fields.setdefault(key.field, {})
-            for inner, inner_value in value.items():
-                keyed.setdefault(str(inner), inner_value)
-        elif key.plain_field is not None:
-            fields[key.plain_field] = value
-        else:
-            stats.dropped("not_a_mapping", detail=name)
+        if name.startswith(c.PREFIX):
+            _assign(fields, name, value, stats)
+        elif name.startswith(c.UNDERSCORE_PREFIX):
+            for dotted, inner_value in c.dotted_names(name, value):
+                if dotted is None:
+                    stats.dropped("unknown_key", detail=str(inner_value))
+                else:
+                    _assign(fields, dotted, inner_value, stats)
     return fields
+
+
+def _assign(fields: Dict[str, Any], name: str, value: Any, stats: Stats) -> None:
+    key, sub = c.lookup(name)
+    if key is None:
+        stats.dropped("unknown_key", detail=name)
+    elif not key.keyed:
+        fields[key.field] = value
+    elif sub is not None:
+        fields.setdefault(key.field, {})[sub] = value
+    elif isinstance(value, Mapping):
+        keyed = fields.setdefault(key.field, {})
+        for inner, inner_value in value.items():
+            keyed.setdefault(str(inner), inner_value)
+    elif key.plain_field is not None:
+        fields[key.plain_field] = value
+    else:
+        stats.dropped("not_a_mapping", detail=name)
 
 
 def translate(record: Record, stats: Stats, *, trace_ids: bool = True) -> List[Message]:

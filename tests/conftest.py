@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
 
+from otel_mixpanel import MixpanelIdentityLogProcessor, MixpanelLogExporter
 from otel_mixpanel.testing import LocalMixpanel
 
 
@@ -23,3 +27,24 @@ def mixpanel() -> Iterator[LocalMixpanel]:
     """A Mixpanel-compatible server on 127.0.0.1, stopped after the test."""
     with LocalMixpanel() as server:
         yield server
+
+
+@pytest.fixture
+def log_pipeline(
+    mixpanel: LocalMixpanel,
+) -> Iterator[Tuple[LoggerProvider, MixpanelLogExporter]]:
+    """A LoggerProvider with the identity processor and a batch processor
+    exporting to the local Mixpanel; shut down after the test."""
+    provider = LoggerProvider(resource=Resource.create({"service.name": "shop"}))
+    exporter = MixpanelLogExporter(token=mixpanel.token, api_host=mixpanel.url)
+    provider.add_log_record_processor(MixpanelIdentityLogProcessor())
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+@pytest.fixture
+def mixpanel_env(mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point no-argument exporters at the local Mixpanel through the environment."""
+    for name, value in mixpanel.env().items():
+        monkeypatch.setenv(name, value)

@@ -1,0 +1,145 @@
+"""Request-scoped identity: bind the user once, tag every span and log record.
+
+Bind at the edge of a request (a middleware) and every span started and every
+tagged log record emitted inside it carries the identity, through
+:class:`MixpanelIdentitySpanProcessor` and :class:`MixpanelIdentityLogProcessor`::
+
+    from otel_mixpanel.identity import bind_identity
+
+    with bind_identity(user_id=request.user.id, propagate=True):
+        handle(request)
+
+The identity lives in the OpenTelemetry context, so it follows contextvars:
+threads and asyncio tasks of different requests never see each other's. With
+``propagate=True`` it is also set as W3C baggage (``mixpanel.distinct_id``,
+``mixpanel.user_id``, ``mixpanel.device_id``), so downstream services using
+this library and a baggage propagator (the default) inherit it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional
+
+from opentelemetry import baggage, context
+from opentelemetry.sdk._logs import LogRecordProcessor
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from otel_mixpanel import _convention as c
+from otel_mixpanel._translate import is_tagged
+
+__all__ = [
+    "MixpanelIdentityLogProcessor",
+    "MixpanelIdentitySpanProcessor",
+    "bind_identity",
+    "current_identity",
+]
+
+_IDENTITY_KEY = context.create_key("otel_mixpanel.identity")
+_NAMES = {key.field: key.name for key in c.KEYS}
+IDENTITY_ATTRIBUTES = tuple(_NAMES[field] for field in (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID))
+_UNDERSCORED = {name: name.replace(".", "_") for name in IDENTITY_ATTRIBUTES}
+
+
+@contextmanager
+def bind_identity(
+    distinct_id: Optional[str] = None,
+    *,
+    user_id: Optional[str] = None,
+    device_id: Optional[str] = None,
+    propagate: bool = False,
+) -> Iterator[None]:
+    """Make these ids the identity of everything tagged inside the block.
+
+    Nested bindings add to (and override) the outer one. Attributes set on a
+    span or record itself always win over the bound identity.
+    """
+    given = zip(IDENTITY_ATTRIBUTES, (distinct_id, user_id, device_id))
+    values = {name: str(value) for name, value in given if value is not None}
+    bound = dict(context.get_value(_IDENTITY_KEY) or {})  # type: ignore[call-overload]
+    bound.update(values)
+    ctx = context.set_value(_IDENTITY_KEY, bound)
+    if propagate:
+        for name, value in values.items():
+            ctx = baggage.set_baggage(name, value, context=ctx)
+    token = context.attach(ctx)
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+def current_identity(ctx: Optional[context.Context] = None) -> Dict[str, str]:
+    """The identity attributes in force: bound in-process, else from baggage."""
+    identity: Dict[str, str] = {}
+    entries = baggage.get_all(ctx)
+    if entries:
+        for name in IDENTITY_ATTRIBUTES:
+            value = entries.get(name)
+            if isinstance(value, str) and value:
+                identity[name] = value
+    bound = context.get_value(_IDENTITY_KEY, ctx)
+    if isinstance(bound, Mapping):
+        identity.update(bound)
+    return identity
+
+
+def _fill(attributes: Mapping[str, Any], identity: Dict[str, str]) -> Dict[str, str]:
+    """The identity entries the attributes do not already set, in either spelling."""
+    return {
+        name: value
+        for name, value in identity.items()
+        if name not in attributes and _UNDERSCORED[name] not in attributes
+    }
+
+
+class MixpanelIdentitySpanProcessor(SpanProcessor):
+    """Stamps the bound identity on every span when it starts.
+
+    Add it to the tracer provider (``configure()`` does); the exporter then
+    reads the identity like any other attribute and never guesses.
+    """
+
+    def on_start(self, span: Span, parent_context: Optional[context.Context] = None) -> None:
+        identity = current_identity(parent_context)
+        if identity:
+            for name, value in _fill(span.attributes or {}, identity).items():
+                span.set_attribute(name, value)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Nothing to do once the span has ended."""
+
+    def shutdown(self) -> None:
+        """Holds nothing."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Holds nothing: always True."""
+        return True
+
+
+class MixpanelIdentityLogProcessor(LogRecordProcessor):
+    """Adds the bound identity to tagged log records as they are emitted.
+
+    Add it to the logger provider *before* the batch processor, so the record
+    is complete when it is queued.
+    """
+
+    def on_emit(self, log_record: Any) -> None:
+        record = log_record.log_record
+        attributes = record.attributes
+        if attributes is None or not is_tagged(attributes):
+            return
+        identity = current_identity(getattr(record, "context", None))
+        for name, value in _fill(attributes, identity).items():
+            attributes[name] = value
+
+    def emit(self, log_data: Any) -> None:  # the SDK's older name for on_emit
+        self.on_emit(log_data)
+
+    def shutdown(self) -> None:
+        """Holds nothing."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Holds nothing: always True."""
+        return True
