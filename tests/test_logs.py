@@ -10,6 +10,7 @@ from typing import Iterator, Tuple
 import pytest
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggingHandler as SdkLoggingHandler
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
     InMemoryLogRecordExporter,
@@ -83,7 +84,7 @@ def test_trace_ids_from_the_record(mixpanel: LocalMixpanel, log_pipeline: Pipeli
 
 def test_insert_id_stable_for_the_same_record(mixpanel: LocalMixpanel) -> None:
     """The same record exported twice dedupes; two identical-looking records do not."""
-    memory = InMemoryLogRecordExporter()
+    memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
     for _ in range(2):
@@ -151,8 +152,6 @@ def test_stdlib_logging_with_sdk_handler(
     mixpanel: LocalMixpanel, log_pipeline: Pipeline, stdlib_logger: logging.Logger
 ) -> None:
     """The SDK's own (deprecated since 1.40) LoggingHandler works the same."""
-    from opentelemetry.sdk._logs import LoggingHandler as SdkLoggingHandler
-
     provider, _ = log_pipeline
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
