@@ -35,3 +35,23 @@ def test_every_example_is_tested() -> None:
     source = Path(__file__).read_text()
     for example in sorted((ROOT / "examples").glob("*.py")):
         assert f'"{example.name}"' in source, f"{example.name} is not run by a test"
+
+
+def test_structlog_app() -> None:
+    """The structlog example renders its lines without mixpanel keys and delivers both events."""
+    result = run_example("structlog_app.py")
+    assert result.returncode == 0, result.stderr
+    assert "received 'Signed Up' for user-7" in result.stdout
+    assert "received 'Order Paid' for user-7" in result.stdout
+    assert "'plan': 'pro'" in result.stdout
+    rendered = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(rendered) == 3 and not any("mixpanel" in line for line in rendered)
+
+
+def test_logging_app() -> None:
+    """The stdlib logging example delivers the tagged line with the bound user."""
+    result = run_example("logging_app.py")
+    assert result.returncode == 0, result.stderr
+    assert "received 'Checkout Completed' for user-9" in result.stdout
+    assert "profile user-9: {'orders': 1}" in result.stdout
+    assert "received 'cart viewed'" not in result.stdout

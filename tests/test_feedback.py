@@ -1,0 +1,77 @@
+"""No feedback loops: the library's own log records and HTTP calls never
+become Mixpanel events or spans, even with auto-instrumentation on."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Tuple
+
+import pytest
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.instrumentation.requests import RequestsInstrumentor
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter
+from otel_mixpanel.testing import LocalMixpanel
+
+Pipeline = Tuple[LoggerProvider, MixpanelLogExporter]
+
+
+@pytest.fixture
+def root_handler(log_pipeline: Pipeline) -> Iterator[LoggingHandler]:
+    """Every stdlib record, ours included, flows into the OTel logs pipeline."""
+    handler = LoggingHandler(logger_provider=log_pipeline[0])
+    logging.getLogger().addHandler(handler)
+    yield handler
+    logging.getLogger().removeHandler(handler)
+
+
+def test_own_log_records_never_become_events(
+    mixpanel: LocalMixpanel, log_pipeline: Pipeline, root_handler: LoggingHandler
+) -> None:
+    """A record from an otel_mixpanel logger is skipped even when tagged."""
+    provider, exporter = log_pipeline
+    logging.getLogger("otel_mixpanel._delivery").warning(
+        "looks tagged", extra={"mixpanel.event": "Loop"}
+    )
+    logging.getLogger("app").warning("paid", extra={"mixpanel.event": "Paid"})
+    provider.force_flush()
+    assert [e["event"] for e in mixpanel.events] == ["Paid"]
+    assert exporter.stats()["dropped"] == {"own_log_record": 1}
+
+
+def test_failing_export_does_not_feed_itself(
+    mixpanel: LocalMixpanel, log_pipeline: Pipeline, root_handler: LoggingHandler
+) -> None:
+    """With Mixpanel failing, the exporter's warnings enter the logs pipeline
+    but cause no further requests."""
+    provider, _ = log_pipeline
+    mixpanel.fail_next(3, status=400, body={"error": "nope"})
+    logging.getLogger("app").warning("paid", extra={"mixpanel.event": "Paid"})
+    for _ in range(3):
+        provider.force_flush()
+    assert len(mixpanel.requests) == 1
+
+
+def test_own_http_calls_create_no_spans(mixpanel: LocalMixpanel) -> None:
+    """With requests instrumented, exporting creates no client spans."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    provider.add_span_processor(BatchSpanProcessor(
+        MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    ))
+    instrumentor = RequestsInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        with provider.get_tracer("app").start_as_current_span("signup") as span:
+            span.set_attribute("mixpanel.event", "Signed Up")
+        provider.force_flush()
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    assert len(mixpanel.events) == 1
+    assert [s.name for s in memory.get_finished_spans()] == ["signup"]
