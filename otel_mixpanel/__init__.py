@@ -10,6 +10,7 @@ threads. :func:`bind_identity` tags everything of a request with its user.
 from __future__ import annotations
 
 from otel_mixpanel._exceptions import ConfigurationError, MixpanelError
+from otel_mixpanel._retry import RetryPolicy
 from otel_mixpanel._version import __version__
 from otel_mixpanel.identity import (
     MixpanelIdentityLogProcessor,
@@ -26,6 +27,7 @@ __all__ = [
     "MixpanelIdentitySpanProcessor",
     "MixpanelLogExporter",
     "MixpanelSpanExporter",
+    "RetryPolicy",
     "__version__",
     "bind_identity",
 ]

@@ -36,11 +36,27 @@ class Batch:
         extra = len(record) + (1 if self.records else 0)
         return len(self.records) < max_records and self.size + extra <= max_bytes
 
-    def add(self, message: Message, record: bytes) -> None:
-        """Append one encoded record."""
+    def add(self, message: Optional[Message], record: bytes) -> None:
+        """Append one encoded record (its message is unknown when replaying a spool)."""
         self.size += len(record) + (1 if self.records else 0)
-        self.messages.append(message)
+        if message is not None:
+            self.messages.append(message)
         self.records.append(record)
+
+    def subset(self, indices: Sequence[int]) -> Batch:
+        """A batch of the records at *indices*, in that order."""
+        part = Batch(self.endpoint)
+        for index in indices:
+            part.add(self.messages[index] if self.messages else None, self.records[index])
+        return part
+
+    @classmethod
+    def of_records(cls, endpoint: Endpoint, records: Sequence[bytes]) -> Batch:
+        """A batch of records already encoded (read back from the spool)."""
+        batch = cls(endpoint)
+        for record in records:
+            batch.add(None, record)
+        return batch
 
 
 def encode(message: Message, token: Optional[str], stats: Stats) -> Optional[bytes]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import FrozenSet, Iterable, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from otel_mixpanel import environment_variables as env
@@ -23,6 +23,7 @@ REGION_HOSTS = {
 }
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RESOURCE_ATTRIBUTES = ("service.name",)
+DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
 COMPRESSIONS = ("gzip", "none")
 
 
@@ -39,6 +40,10 @@ class Settings:
     compression: str = "gzip"
     resource_attributes: Tuple[str, ...] = DEFAULT_RESOURCE_ATTRIBUTES
     trace_ids: bool = True
+    spool_dir: Optional[str] = None
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    property_allowlist: Optional[FrozenSet[str]] = None
+    property_denylist: FrozenSet[str] = frozenset()
 
     @property
     def uses_service_account(self) -> bool:
@@ -139,6 +144,34 @@ def _resolve_resource_attributes(
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
+def _resolve_names(
+    names: Optional[Iterable[str]], variable: str, environ: Mapping[str, str]
+) -> Optional[FrozenSet[str]]:
+    if names is not None:
+        return frozenset(names)
+    raw = environ.get(variable)
+    if raw is None or not raw.strip():
+        return None
+    return frozenset(name.strip() for name in raw.split(",") if name.strip())
+
+
+def _resolve_spool_max_bytes(value: Optional[int], environ: Mapping[str, str]) -> int:
+    if value is None:
+        raw = environ.get(env.OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES, "").strip()
+        if not raw:
+            return DEFAULT_SPOOL_MAX_BYTES
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+    if value <= 0:
+        raise ConfigurationError(
+            f"{_names('spool_max_bytes', env.OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES)} must be "
+            "a positive number of bytes"
+        )
+    return value
+
+
 def _resolve_flag(
     value: Optional[bool], variable: str, default: bool, environ: Mapping[str, str]
 ) -> bool:
@@ -166,6 +199,10 @@ def resolve_settings(
     compression: Optional[str] = None,
     resource_attributes: Optional[Sequence[str]] = None,
     trace_ids: Optional[bool] = None,
+    spool_dir: Optional[str] = None,
+    spool_max_bytes: Optional[int] = None,
+    property_allowlist: Optional[Iterable[str]] = None,
+    property_denylist: Optional[Iterable[str]] = None,
     environ: Optional[Mapping[str, str]] = None,
 ) -> Settings:
     """Resolve every setting, raising :class:`ConfigurationError` for a bad one."""
@@ -209,4 +246,12 @@ def resolve_settings(
         compression=_resolve_compression(compression, environ),
         resource_attributes=_resolve_resource_attributes(resource_attributes, environ),
         trace_ids=_resolve_flag(trace_ids, env.OTEL_EXPORTER_MIXPANEL_TRACE_IDS, True, environ),
+        spool_dir=_pick(spool_dir, env.OTEL_EXPORTER_MIXPANEL_SPOOL_DIR, environ),
+        spool_max_bytes=_resolve_spool_max_bytes(spool_max_bytes, environ),
+        property_allowlist=_resolve_names(
+            property_allowlist, env.OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST, environ
+        ),
+        property_denylist=_resolve_names(
+            property_denylist, env.OTEL_EXPORTER_MIXPANEL_PROPERTY_DENYLIST, environ
+        ) or frozenset(),
     )

@@ -1,9 +1,12 @@
-"""The one delivery path: messages → limits → batches → HTTP → per-batch results.
+"""The one delivery path: messages → limits → batches → HTTP with retries →
+per-batch results, and the spool for what Mixpanel cannot take now.
 
-Knows Mixpanel's HTTP contract (auth, gzip, endpoints, answers) and nothing
-about OpenTelemetry. Each batch result says what Mixpanel accepted, what it
-rejected and why, so that retry and spooling can act on exactly the records
-that still need it.
+Knows Mixpanel's HTTP contract and nothing about OpenTelemetry. One deadline
+bounds each :meth:`Delivery.deliver` call, retries included; a shutdown cuts a
+backoff short. Records are never resent once Mixpanel accepted them, and a
+non-idempotent profile update (``$add``, ``$append``, charges) whose request
+may have been applied is never resent at all: applied once or not at all,
+never twice.
 """
 
 from __future__ import annotations
@@ -11,53 +14,55 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import logging
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from otel_mixpanel._batch import Batch, make_batches
 from otel_mixpanel._config import Settings
 from otel_mixpanel._limits import Limits
 from otel_mixpanel._model import Endpoint, Event, Message
+from otel_mixpanel._responses import read_response
+from otel_mixpanel._retry import RetryPolicy
+from otel_mixpanel._spool import Spool
 from otel_mixpanel._stats import Stats
 from otel_mixpanel._transport import HTTPResponse, RequestsTransport, Transport
 from otel_mixpanel._version import __version__
 
-_logger = logging.getLogger(__name__)
-
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 GZIP_LEVEL = 6
-_KIND = {
+KIND = {
     Endpoint.IMPORT: "events",
     Endpoint.ENGAGE: "profile_updates",
     Endpoint.GROUPS: "group_updates",
 }
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """One record Mixpanel refused, with its reason."""
-
-    index: int
-    message: Message
-    reason: str
+# Operations that change a profile again each time they are applied.
+NON_IDEMPOTENT_OPERATIONS = frozenset({"$add", "$append"})
+_BASE_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": f"otel-mixpanel/{__version__}",
+}
 
 
 @dataclass(frozen=True)
 class BatchResult:
-    """The outcome of one request.
+    """What became of one batch, by index into it.
 
-    ``error`` is set when the request as a whole failed (nothing accepted);
-    ``retryable`` says whether sending the same records again may succeed.
+    ``rejected``: refused by Mixpanel for good, with its reason.
+    ``undelivered``: still to deliver (Mixpanel unreachable within the budget,
+    or credentials refused); these go to the spool when there is one.
+    ``unknown``: may or may not have been applied, and not idempotent, so
+    never sent again. The rest were accepted.
     """
 
     endpoint: Endpoint
     records: int
     accepted: int
-    rejected: Tuple[Rejection, ...] = ()
+    rejected: Dict[int, str]
+    undelivered: Tuple[int, ...] = ()
+    unknown: Tuple[int, ...] = ()
     error: Optional[str] = None
-    retryable: bool = False
     status: int = 0
 
 
@@ -69,12 +74,12 @@ class DeliveryResult:
 
     @property
     def ok(self) -> bool:
-        """True when every request reached Mixpanel and was answered."""
-        return all(batch.error is None for batch in self.batches)
+        """True when Mixpanel answered for every record (accepted or rejected)."""
+        return all(not b.undelivered and not b.unknown and b.error is None for b in self.batches)
 
 
 class Delivery:
-    """Sends messages to Mixpanel under one deadline per call."""
+    """Sends messages to Mixpanel; owns retry, deadline, outage and spool."""
 
     def __init__(
         self,
@@ -82,36 +87,140 @@ class Delivery:
         *,
         transport: Optional[Transport] = None,
         stats: Optional[Stats] = None,
+        retry_policy: Optional[RetryPolicy] = None,
+        spool: Optional[Spool] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._transport = transport if transport is not None else RequestsTransport()
         self.stats = stats if stats is not None else Stats()
-        self._limits = Limits(self.stats)
+        self._policy = retry_policy or RetryPolicy()
+        self.spool = spool
         self._clock = clock
+        self._limits = Limits(
+            self.stats,
+            allowlist=settings.property_allowlist,
+            denylist=settings.property_denylist,
+        )
         self._import_headers = self._headers_for_import()
-        self._warned_no_token = False
+        self._closing = threading.Event()
+        self._outage_until = float("-inf")
 
     def deliver(self, messages: Sequence[Message]) -> DeliveryResult:
-        """Send *messages*; never raises for anything Mixpanel or the network does."""
+        """Send *messages* within one deadline; never raises for anything
+        Mixpanel or the network does."""
         messages = self._without_unsendable(self._limits.apply(messages))
         batches = make_batches(messages, self._settings.token, self.stats)
         deadline = self._clock() + self._settings.timeout
         results: List[BatchResult] = []
         for batch in batches:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
+            if self._in_outage() or self._closing.is_set():
+                # Keep order: nothing may overtake a batch that is waiting.
                 result = BatchResult(
-                    batch.endpoint, len(batch.records), 0, error="deadline passed", retryable=True
+                    batch.endpoint, len(batch.records), 0, {},
+                    undelivered=tuple(range(len(batch.records))), error="Mixpanel unavailable",
                 )
             else:
-                result = self.send(batch, remaining)
-            self._account(batch, result)
+                result = self._send(batch, deadline)
+            self._settle(batch, result)
             results.append(result)
         return DeliveryResult(tuple(results))
 
-    def send(self, batch: Batch, timeout: float) -> BatchResult:
-        """One request for *batch*, read into a :class:`BatchResult`."""
+    def replay(self, endpoint: str, records: List[bytes]) -> List[int]:
+        """Send records read back from the spool; the indices still undelivered.
+
+        The spool's ``send`` callback: records are never spooled again from here.
+        """
+        batch = Batch.of_records(Endpoint(endpoint), records)
+        if self._in_outage() or self._closing.is_set():
+            return list(range(len(records)))
+        result = self._send(batch, self._clock() + self._settings.timeout)
+        self._account(batch, result)
+        if result.undelivered and result.error is not None:
+            self._outage_until = self._clock() + self._policy.outage_pause
+        return list(result.undelivered)
+
+    def close(self) -> None:
+        """Interrupt any backoff at once and close the connections."""
+        self._closing.set()
+        self._transport.close()
+
+    def reopen(self) -> None:
+        """Accept work again (a forked child starts from a clean state)."""
+        self._closing = threading.Event()
+        self._outage_until = float("-inf")
+
+    def _in_outage(self) -> bool:
+        return self._clock() < self._outage_until
+
+    def _send(self, batch: Batch, deadline: float) -> BatchResult:
+        """Attempts until every record is answered, the deadline, or shutdown."""
+        pending = list(range(len(batch.records)))
+        accepted, retry, status = 0, 0, 0
+        rejected: Dict[int, str] = {}
+        unknown: List[int] = []
+        error: Optional[str] = None
+        while pending:
+            remaining = deadline - self._clock()
+            if remaining <= 0 or self._closing.is_set():
+                error = error or "export deadline passed"
+                break
+            work = batch if len(pending) == len(batch.records) else batch.subset(pending)
+            answer = read_response(work, self._post(work, min(remaining, self._settings.timeout)))
+            status = answer.status
+            if answer.too_large and len(pending) > 1:
+                return self._split(batch, pending, deadline, accepted, rejected, unknown)
+            accepted += answer.accepted
+            rejected.update({pending[i]: reason for i, reason in answer.rejected.items()})
+            error = answer.error
+            if not answer.retryable:
+                # Refused credentials are kept for the spool: fixable, not bad data.
+                pending = pending if answer.refused_credentials else []
+                break
+            if answer.maybe_delivered:
+                unsafe = set(self._not_idempotent(work))
+                unknown.extend(pending[i] for i in sorted(unsafe))
+                pending = [p for i, p in enumerate(pending) if i not in unsafe]
+            delay = answer.retry_after
+            if delay is None:
+                delay = self._policy.backoff(retry)
+            if not pending or self._clock() + delay >= deadline:
+                break
+            self.stats.retried(KIND[batch.endpoint], len(pending))
+            retry += 1
+            if self._closing.wait(delay):
+                break
+        return BatchResult(
+            batch.endpoint, len(batch.records), accepted, rejected, tuple(pending), tuple(unknown),
+            error, status,
+        )
+
+    def _split(
+        self,
+        batch: Batch,
+        pending: List[int],
+        deadline: float,
+        accepted: int,
+        rejected: Dict[int, str],
+        unknown: List[int],
+    ) -> BatchResult:
+        """413: send the halves; only what was never accepted goes again."""
+        undelivered: List[int] = []
+        error = None
+        half = len(pending) // 2
+        for part in (pending[:half], pending[half:]):
+            result = self._send(batch.subset(part), deadline)
+            accepted += result.accepted
+            rejected.update({part[i]: reason for i, reason in result.rejected.items()})
+            unknown.extend(part[i] for i in result.unknown)
+            undelivered.extend(part[i] for i in result.undelivered)
+            error = error or result.error
+        return BatchResult(
+            batch.endpoint, len(batch.records), accepted, rejected, tuple(undelivered),
+            tuple(unknown), error, 413,
+        )
+
+    def _post(self, batch: Batch, timeout: float) -> HTTPResponse:
         body = batch.body()
         if batch.endpoint is Endpoint.IMPORT:
             url = f"{self._settings.base_url}/import?strict=1"
@@ -124,14 +233,58 @@ class Delivery:
             # /engage and /groups take no gzip and no auth header: $token is in each object.
             url = f"{self._settings.base_url}{batch.endpoint.value}?verbose=1&strict=1&ip=0"
             headers = _BASE_HEADERS
-        response = self._transport.post(url, body, headers, timeout)
-        return read_response(batch, response)
+        return self._transport.post(url, body, headers, timeout)
 
-    def close(self) -> None:
-        """Close the transport's connections."""
-        self._transport.close()
+    @staticmethod
+    def _not_idempotent(batch: Batch) -> List[int]:
+        """Indices of records that must not be applied twice."""
+        if batch.endpoint is not Endpoint.ENGAGE:
+            return []
+        unsafe = []
+        for index, record in enumerate(batch.records):
+            update = json.loads(record)
+            if NON_IDEMPOTENT_OPERATIONS.intersection(update):
+                unsafe.append(index)
+        return unsafe
 
-    def _headers_for_import(self) -> dict[str, str]:
+    def _settle(self, batch: Batch, result: BatchResult) -> None:
+        self._account(batch, result)
+        if not result.undelivered:
+            return
+        if result.status not in (401, 403):
+            self._outage_until = self._clock() + self._policy.outage_pause
+        records = [batch.records[i] for i in result.undelivered]
+        kind = KIND[batch.endpoint]
+        if self.spool is None:
+            reason = "refused_by_mixpanel" if result.status in (401, 403) else "undelivered"
+            self.stats.dropped(reason, len(records), detail=result.error or "")
+            return
+        try:
+            self.spool.write(batch.endpoint.value, records)
+        except (OSError, ValueError) as error:
+            self.stats.dropped("spool_write_failed", len(records), detail=type(error).__name__)
+            return
+        self.stats.spooled(kind, len(records), detail=result.error or "")
+
+    def _account(self, batch: Batch, result: BatchResult) -> None:
+        if result.accepted:
+            self.stats.sent(KIND[batch.endpoint], result.accepted)
+        for reason in result.rejected.values():
+            self.stats.dropped("rejected_by_mixpanel", detail=reason)
+        if result.unknown:
+            self.stats.dropped(
+                "outcome_unknown", len(result.unknown),
+                detail="a request timed out after it was sent; its $add/$append updates are "
+                "not resent, so they are applied at most once",
+            )
+        if result.error is not None and not result.undelivered and not result.unknown:
+            answered = result.accepted + len(result.rejected)
+            if answered < result.records:
+                self.stats.dropped(
+                    "refused_by_mixpanel", result.records - answered, detail=result.error
+                )
+
+    def _headers_for_import(self) -> Dict[str, str]:
         settings = self._settings
         if settings.uses_service_account:
             user = f"{settings.service_account_username}:{settings.service_account_secret}"
@@ -155,98 +308,3 @@ class Delivery:
                 "(OTEL_EXPORTER_MIXPANEL_TOKEN) beside the service account",
             )
         return kept
-
-    def _account(self, batch: Batch, result: BatchResult) -> None:
-        if result.accepted:
-            self.stats.sent(_KIND[batch.endpoint], result.accepted)
-        for rejection in result.rejected:
-            self.stats.dropped("rejected_by_mixpanel", detail=rejection.reason)
-        if result.error is not None:
-            reason = "delivery_failed" if result.retryable else "refused_by_mixpanel"
-            self.stats.dropped(reason, result.records, detail=result.error)
-
-
-_BASE_HEADERS = {
-    "Content-Type": "application/json",
-    "Accept": "application/json",
-    "User-Agent": f"otel-mixpanel/{__version__}",
-}
-
-
-def read_response(batch: Batch, response: HTTPResponse) -> BatchResult:
-    """Turn Mixpanel's answer into what was accepted and what was rejected."""
-    count = len(batch.records)
-    if response.status == 0:
-        return BatchResult(batch.endpoint, count, 0, error=response.error, retryable=True)
-    body = _json(response.body)
-    if response.status in RETRYABLE_STATUSES:
-        return BatchResult(
-            batch.endpoint, count, 0, error=_describe(response.status, body), retryable=True,
-            status=response.status,
-        )
-    if response.status in (401, 403):
-        return BatchResult(
-            batch.endpoint, count, 0, status=response.status,
-            error=f"Mixpanel refused the credentials ({response.status}: {_reason(body)}): check "
-            "the token or service account, the project id, and that the region matches the "
-            "project's (us, eu or in)",
-        )
-    failed = body.get("failed_records") if isinstance(body, dict) else None
-    if isinstance(failed, list) and failed:
-        rejected = _rejections(batch, failed)
-        return BatchResult(
-            batch.endpoint, count, count - len(rejected), rejected, status=response.status
-        )
-    if response.status != 200:
-        return BatchResult(
-            batch.endpoint, count, 0, error=_describe(response.status, body),
-            status=response.status,
-        )
-    if batch.endpoint is Endpoint.IMPORT or _status_one(body):
-        return BatchResult(batch.endpoint, count, count, status=200)
-    # /engage and /groups answer 200 with status 0 when they refuse the batch.
-    reason = _reason(body)
-    rejected = tuple(Rejection(i, m, reason) for i, m in enumerate(batch.messages))
-    return BatchResult(batch.endpoint, count, 0, rejected, status=200)
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _status_one(body: Any) -> bool:
-    return body == 1 or (isinstance(body, dict) and body.get("status") == 1)
-
-
-def _reason(body: Any) -> str:
-    if isinstance(body, dict) and body.get("error"):
-        return str(body["error"])
-    return "no reason given"
-
-
-def _describe(status: int, body: Any) -> str:
-    return f"HTTP {status}: {_reason(body)}"
-
-
-def _rejections(batch: Batch, failed: List[Any]) -> Tuple[Rejection, ...]:
-    by_insert_id = {
-        message.insert_id: index
-        for index, message in enumerate(batch.messages)
-        if isinstance(message, Event)
-    }
-    rejected = {}
-    for entry in failed:
-        if not isinstance(entry, dict):
-            continue
-        index = entry.get("index")
-        if not isinstance(index, int) or not 0 <= index < len(batch.messages):
-            index = by_insert_id.get(str(entry.get("insert_id", entry.get("$insert_id", ""))))
-        if index is None:
-            continue
-        where = f"{entry['field']}: " if entry.get("field") else ""
-        reason = where + str(entry.get("message", ""))
-        rejected[index] = Rejection(index, batch.messages[index], reason)
-    return tuple(rejected[index] for index in sorted(rejected))

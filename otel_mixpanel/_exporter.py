@@ -8,16 +8,28 @@ hand them here, as OTLP's signal exporters hand bytes to one HTTP client.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from opentelemetry import context as otel_context
+
 from otel_mixpanel._config import Settings, resolve_settings
 from otel_mixpanel._delivery import Delivery
+from otel_mixpanel._metrics import observe
 from otel_mixpanel._model import Message
+from otel_mixpanel._retry import RetryPolicy
+from otel_mixpanel._spool import Spool
 from otel_mixpanel._stats import Stats
 from otel_mixpanel._translate import Record, translate
 from otel_mixpanel._transport import Transport
+
+try:  # the key the batch processors set around export(); our own thread needs it too
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+except ImportError:  # pragma: no cover - very old API
+    _SUPPRESS_INSTRUMENTATION_KEY = otel_context.create_key("suppress_instrumentation")
 
 # The library's own loggers: their records never become Mixpanel events.
 OWN_LOGGER_PREFIX = "otel_mixpanel"
@@ -42,6 +54,14 @@ class MixpanelExporterBase:
         resource_attributes: resource attributes copied onto every event
             (default ``("service.name",)``).
         trace_ids: whether events carry ``trace_id``/``span_id`` (default True).
+        spool_dir: keep what cannot be delivered in this directory and re-send
+            it later (off by default).
+        spool_max_bytes: the spool's size bound (default 64 MiB).
+        property_allowlist: when given, only these property names are sent.
+        property_denylist: property names never sent.
+        retry_policy: backoff between attempts (default: Mixpanel's guidance).
+        meter_provider: where to report the counters as OpenTelemetry metrics
+            (default: the global one, a no-op unless configured).
         transport: replaces the HTTP client (tests).
 
     Raises:
@@ -63,6 +83,12 @@ class MixpanelExporterBase:
         *,
         resource_attributes: Optional[Sequence[str]] = None,
         trace_ids: Optional[bool] = None,
+        spool_dir: Optional[str] = None,
+        spool_max_bytes: Optional[int] = None,
+        property_allowlist: Optional[Iterable[str]] = None,
+        property_denylist: Optional[Iterable[str]] = None,
+        retry_policy: Optional[RetryPolicy] = None,
+        meter_provider: Any = None,
         transport: Optional[Transport] = None,
     ) -> None:
         self._settings: Settings = resolve_settings(
@@ -76,12 +102,31 @@ class MixpanelExporterBase:
             compression=compression,
             resource_attributes=resource_attributes,
             trace_ids=trace_ids,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
+            property_allowlist=property_allowlist,
+            property_denylist=property_denylist,
         )
         self._stats = Stats(self._logger)
-        self._delivery = Delivery(self._settings, transport=transport, stats=self._stats)
+        spool = None
+        if self._settings.spool_dir is not None:
+            spool = Spool(
+                self._settings.spool_dir,
+                max_bytes=self._settings.spool_max_bytes,
+                on_drop=self._stats.dropped,
+            )
+        self._delivery = Delivery(
+            self._settings, transport=transport, stats=self._stats,
+            retry_policy=retry_policy, spool=spool,
+        )
         self._resource_properties: Dict[int, Mapping[str, Any]] = {}
         self._lock = threading.Lock()
         self._is_shut_down = False
+        self._replayer: Optional[threading.Thread] = None
+        observe(self._stats, meter_provider)
+        _reset_in_forked_child(self)
+        if spool is not None and spool.status().records:
+            self._start_replay()
 
     def _properties_of_resource(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
         """The chosen resource attributes as event properties, cached per resource."""
@@ -107,7 +152,10 @@ class MixpanelExporterBase:
                 messages.extend(translate(record, self._stats, trace_ids=trace_ids))
             if not messages:
                 return True
-            return self._delivery.deliver(messages).ok
+            delivered = self._delivery.deliver(messages).ok
+            if delivered and self._stats.has_spooled():
+                self._start_replay()  # Mixpanel is back: send what waited
+            return delivered
         except Exception:  # export must never raise into the batch processor
             self._logger.exception("Mixpanel export failed")
             return False
@@ -120,15 +168,66 @@ class MixpanelExporterBase:
         """
         return self._stats.snapshot()
 
-    def shutdown(self) -> None:
-        """Close the HTTP connections; later exports fail. Safe to call twice."""
+    def _start_replay(self) -> None:
+        """Re-send the spool on a background thread, unless one is running."""
+        spool = self._delivery.spool
+        with self._lock:
+            if spool is None or self._is_shut_down or (
+                self._replayer is not None and self._replayer.is_alive()
+            ):
+                return
+            self._replayer = threading.Thread(
+                target=self._replay, args=(spool,), name="otel-mixpanel-spool", daemon=True
+            )
+            self._replayer.start()
+
+    def _replay(self, spool: Spool) -> None:
+        # Like the batch processors around export(): our HTTP calls make no spans.
+        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            result = spool.replay(self._delivery.replay, should_stop=lambda: self._is_shut_down)
+            if result.error is not None:
+                self._logger.warning("Mixpanel spool replay stopped: %s", result.error)
+            self._stats.set_spool_waiting(result.kept_records)
+        except Exception:
+            self._logger.exception("Mixpanel spool replay failed")
+        finally:
+            otel_context.detach(token)
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh lock, no replay thread, delivery reopened;
+        the HTTP session renews itself on first use."""
+        self._lock = threading.Lock()
+        self._replayer = None
+        self._delivery.reopen()
+
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        """Stop: a backoff in progress ends at once, the replay thread is given
+        at most *timeout_millis* to stop, connections close. Safe to call twice."""
         with self._lock:
             if self._is_shut_down:
                 self._logger.warning("Mixpanel exporter shutdown called more than once")
                 return
             self._is_shut_down = True
+            replayer = self._replayer
         self._delivery.close()
+        if replayer is not None:
+            replayer.join(timeout=max(0.0, timeout_millis / 1000))
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing is buffered inside the exporter: always True."""
         return True
+
+
+def _reset_in_forked_child(exporter: MixpanelExporterBase) -> None:
+    """Register a fork hook that does not keep the exporter alive."""
+    if not hasattr(os, "register_at_fork"):  # pragma: no cover - Windows
+        return
+    reference = weakref.WeakMethod(exporter._after_fork)
+
+    def after_in_child() -> None:
+        method = reference()
+        if method is not None:
+            method()
+
+    os.register_at_fork(after_in_child=after_in_child)

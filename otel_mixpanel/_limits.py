@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Optional
 
 from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
 from otel_mixpanel._stats import Stats
@@ -51,9 +51,19 @@ def is_denylisted(distinct_id: str) -> bool:
 class Limits:
     """Applies the rules; ``clock`` returns seconds since the epoch."""
 
-    def __init__(self, stats: Stats, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        stats: Stats,
+        clock: Callable[[], float] = time.time,
+        *,
+        allowlist: Optional[FrozenSet[str]] = None,
+        denylist: FrozenSet[str] = frozenset(),
+    ) -> None:
         self._stats = stats
         self._clock = clock
+        self._allowlist = allowlist
+        self._denylist = denylist
+        self._filtered = allowlist is not None or bool(denylist)
 
     def apply(self, messages: Sequence[Message]) -> List[Message]:
         """The messages that can be sent, each within Mixpanel's limits."""
@@ -120,6 +130,9 @@ class Limits:
         cleaned: Dict[str, Any] = {}
         for raw_name, raw_value in properties.items():
             name = raw_name if isinstance(raw_name, str) else str(raw_name)
+            if self._filtered and not self._permitted(name):
+                self._stats.dropped("property_not_allowed", detail=name[:40])
+                continue
             if len(name) > MAX_NAME_LENGTH:
                 self._stats.dropped("property_name_too_long", detail=name[:40])
                 continue
@@ -133,6 +146,14 @@ class Limits:
         if len(cleaned) > MAX_PROPERTIES:
             cleaned = self._fewer_properties(cleaned)
         return cleaned
+
+    def _permitted(self, name: str) -> bool:
+        """The data-minimisation lists; the required properties always pass."""
+        if name in REQUIRED_EVENT_PROPERTIES:
+            return True
+        if name in self._denylist:
+            return False
+        return self._allowlist is None or name in self._allowlist
 
     def _fewer_properties(self, properties: Dict[str, Any]) -> Dict[str, Any]:
         required = {k: properties[k] for k in REQUIRED_EVENT_PROPERTIES if k in properties}

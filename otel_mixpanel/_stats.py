@@ -30,6 +30,9 @@ class Stats:
         self._clock = clock
         self._lock = threading.Lock()
         self._sent: Counter[str] = Counter()
+        self._retried: Counter[str] = Counter()
+        self._spooled: Counter[str] = Counter()
+        self._spool_waiting = False
         self._dropped: Counter[str] = Counter()
         self._adjusted: Counter[str] = Counter()
         self._unlogged: Counter[str] = Counter()
@@ -39,6 +42,16 @@ class Stats:
         """*count* records of *kind* (``event``, ``profile``, ``group``) were accepted."""
         with self._lock:
             self._sent[kind] += count
+
+    def retried(self, kind: str, count: int) -> None:
+        """*count* records of *kind* are being sent again after a transient failure."""
+        with self._lock:
+            self._retried[kind] += count
+
+    def spooled(self, kind: str, count: int, detail: str = "") -> None:
+        """*count* records of *kind* were written to the spool, to be sent later."""
+        self._spool_waiting = True
+        self._record(self._spooled, "spooled", kind, count, detail)
 
     def dropped(self, reason: str, count: int = 1, detail: str = "") -> None:
         """*count* records (or properties) will never reach Mixpanel, for *reason*."""
@@ -64,11 +77,23 @@ class Stats:
         suffix = f" ({detail})" if detail else ""
         self._logger.warning("Mixpanel: %s %d for reason %s%s", verb, pending, reason, suffix)
 
+    def has_spooled(self) -> bool:
+        """Whether records may be waiting in the spool (written, not yet replayed)."""
+        return self._spool_waiting
+
+    def set_spool_waiting(self, records: int) -> None:
+        """What the last replay left in the spool."""
+        with self._lock:
+            self._spool_waiting = records > 0
+
     def snapshot(self) -> Dict[str, Dict[str, int]]:
-        """A copy of every counter: ``{"sent": {...}, "dropped": {...}, "adjusted": {...}}``."""
+        """A copy of every counter: ``sent``, ``retried`` and ``spooled`` by kind of
+        record, ``dropped`` and ``adjusted`` by reason."""
         with self._lock:
             return {
                 "sent": dict(self._sent),
+                "retried": dict(self._retried),
+                "spooled": dict(self._spooled),
                 "dropped": dict(self._dropped),
                 "adjusted": dict(self._adjusted),
             }

@@ -21,12 +21,18 @@ __all__ = ["HTTPResponse", "RequestsTransport", "Transport"]
 
 @dataclass(frozen=True)
 class HTTPResponse:
-    """What came back: a status and body, or (``status == 0``) an error."""
+    """What came back: a status and body, or (``status == 0``) an error.
+
+    ``maybe_delivered`` marks an error after the request was sent (a read
+    timeout): Mixpanel may have applied it, so only idempotent records may be
+    sent again.
+    """
 
     status: int
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     error: Optional[str] = None
+    maybe_delivered: bool = False
 
 
 class Transport(abc.ABC):
@@ -69,7 +75,12 @@ class RequestsTransport(Transport):
                 url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False
             )
             return HTTPResponse(response.status_code, response.content, dict(response.headers))
+        except requests.exceptions.ReadTimeout as error:
+            return HTTPResponse(0, error=f"ReadTimeout: {error}", maybe_delivered=True)
         except requests.RequestException as error:
+            # Refused, reset or closed before any answer: urllib3 treats these as
+            # not processed; a server that applies a request and then drops the
+            # connection without answering is the one case this misjudges.
             return HTTPResponse(0, error=f"{type(error).__name__}: {error}")
         except Exception as error:  # a transport must never raise into delivery
             return HTTPResponse(0, error=f"unexpected {type(error).__name__}: {error}")

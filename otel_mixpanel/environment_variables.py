@@ -12,10 +12,14 @@ __all__ = [
     "OTEL_EXPORTER_MIXPANEL_API_HOST",
     "OTEL_EXPORTER_MIXPANEL_COMPRESSION",
     "OTEL_EXPORTER_MIXPANEL_PROJECT_ID",
+    "OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST",
+    "OTEL_EXPORTER_MIXPANEL_PROPERTY_DENYLIST",
     "OTEL_EXPORTER_MIXPANEL_REGION",
     "OTEL_EXPORTER_MIXPANEL_RESOURCE_ATTRIBUTES",
     "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_SECRET",
     "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_USERNAME",
+    "OTEL_EXPORTER_MIXPANEL_SPOOL_DIR",
+    "OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES",
     "OTEL_EXPORTER_MIXPANEL_TIMEOUT",
     "OTEL_EXPORTER_MIXPANEL_TOKEN",
     "OTEL_EXPORTER_MIXPANEL_TRACE_IDS",
@@ -55,3 +59,17 @@ OTEL_EXPORTER_MIXPANEL_RESOURCE_ATTRIBUTES = "OTEL_EXPORTER_MIXPANEL_RESOURCE_AT
 OTEL_EXPORTER_MIXPANEL_TRACE_IDS = "OTEL_EXPORTER_MIXPANEL_TRACE_IDS"
 """``true`` (default) or ``false``: whether events carry ``trace_id`` and
 ``span_id`` properties linking them to their trace."""
+
+OTEL_EXPORTER_MIXPANEL_SPOOL_DIR = "OTEL_EXPORTER_MIXPANEL_SPOOL_DIR"
+"""A directory for the durable spool (off when unset): what Mixpanel cannot
+take within the retry budget is kept there and re-sent later."""
+
+OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES = "OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES"
+"""The spool's size bound in bytes (default 64 MiB); the oldest records go first."""
+
+OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST = "OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST"
+"""Comma-separated property names: when set, only these (and ``time``,
+``distinct_id``, ``$insert_id``) are sent on events and profiles."""
+
+OTEL_EXPORTER_MIXPANEL_PROPERTY_DENYLIST = "OTEL_EXPORTER_MIXPANEL_PROPERTY_DENYLIST"
+"""Comma-separated property names never sent on events or profiles."""

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from typing import List, Mapping, Tuple
 
 import pytest
 
 from otel_mixpanel._batch import Batch
 from otel_mixpanel._config import resolve_settings
-from otel_mixpanel._delivery import Delivery, read_response
+from otel_mixpanel._delivery import Delivery
 from otel_mixpanel._model import Endpoint, Event, GroupUpdate, Message, ProfileUpdate
+from otel_mixpanel._responses import read_response
 from otel_mixpanel._stats import Stats
 from otel_mixpanel._transport import HTTPResponse, Transport
 from otel_mixpanel.testing import LocalMixpanel
@@ -99,8 +101,10 @@ class TestRequests:
         """A 401 names the credential and region problem and never echoes the token."""
         delivery = delivery_for(mixpanel, token="wrong-token-123")
         result = delivery.deliver([event()])
-        assert not result.ok and not result.batches[0].retryable
-        assert "credentials" in str(result.batches[0].error)
+        (batch,) = result.batches
+        assert not result.ok and batch.status == 401
+        assert "credentials" in str(batch.error)
+        assert len(mixpanel.requests) == 1  # never retried
         assert "region" in caplog.text
         assert "wrong-token-123" not in caplog.text
 
@@ -149,19 +153,20 @@ class TestAnswers:
         batch = Batch(Endpoint.IMPORT)
         for message in (event(i=1), bad, event(i=2)):
             batch.add(message, json.dumps(message.payload(None)).encode())
-        result = delivery_for(mixpanel).send(batch, timeout=5)
+        result = delivery_for(mixpanel)._send(batch, deadline=time.monotonic() + 5)
         assert result.status == 400 and result.error is None
-        assert result.accepted == 2
-        assert [(r.index, r.message) for r in result.rejected] == [(1, bad)]
-        assert "insert_id" in result.rejected[0].reason
+        assert result.accepted == 2 and result.undelivered == ()
+        assert list(result.rejected) == [1]
+        assert "insert_id" in result.rejected[1]
         assert len(mixpanel.events) == 2
+        assert len(mixpanel.requests) == 1  # a 400 is never retried
 
     def test_engage_status_zero_rejects(self, mixpanel: LocalMixpanel) -> None:
         """/engage answers 200 with status 0 for invalid input: read as rejected, not sent."""
         batch = Batch(Endpoint.ENGAGE)
         update = ProfileUpdate("u", "$set", {"a": 1})
         batch.add(update, json.dumps(update.payload("wrong-token")).encode())
-        result = delivery_for(mixpanel).send(batch, timeout=5)
+        result = delivery_for(mixpanel)._send(batch, deadline=time.monotonic() + 5)
         assert result.status == 200
         assert result.accepted == 0 and len(result.rejected) == 1
         assert mixpanel.profiles == {}

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_mixpanel import ConfigurationError, MixpanelSpanExporter
+from otel_mixpanel import ConfigurationError, MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel.testing import LocalMixpanel
 
 
@@ -209,11 +209,16 @@ def test_export_after_shutdown_fails(mixpanel: LocalMixpanel) -> None:
 
 
 def test_failure_is_reported(mixpanel: LocalMixpanel) -> None:
-    """When Mixpanel cannot be reached the export says FAILURE and counts the loss."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
-    mixpanel.fail_next(status=503)
+    """When Mixpanel stays unavailable past the deadline (and no spool is set) the
+    export says FAILURE and counts the loss."""
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, timeout=0.3,
+        retry_policy=RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0)),
+    )
+    mixpanel.fail_next(1000, status=503)
     assert exporter.export(finished_spans({"mixpanel.event": "E"})) is SpanExportResult.FAILURE
-    assert exporter.stats()["dropped"] == {"delivery_failed": 1}
+    assert exporter.stats()["dropped"] == {"undelivered": 1}
+    assert exporter.stats()["retried"]["events"] >= 1
 
 
 def test_no_arguments_reads_environment(
