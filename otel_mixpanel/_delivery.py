@@ -90,7 +90,10 @@ class Delivery:
         retry_policy: Optional[RetryPolicy] = None,
         spool: Optional[Spool] = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Optional[Callable[[float], bool]] = None,
     ) -> None:
+        """``clock`` and ``sleep`` (returns True when woken by shutdown) are
+        seams for tests that script time."""
         self._settings = settings
         self._transport = transport if transport is not None else RequestsTransport()
         self.stats = stats if stats is not None else Stats()
@@ -105,6 +108,7 @@ class Delivery:
         self._import_headers = self._headers_for_import()
         self._closing = threading.Event()
         self._outage_until = float("-inf")
+        self._sleep = sleep
 
     def deliver(self, messages: Sequence[Message]) -> DeliveryResult:
         """Send *messages* within one deadline; never raises for anything
@@ -139,6 +143,11 @@ class Delivery:
         if result.undelivered and result.error is not None:
             self._outage_until = self._clock() + self._policy.outage_pause
         return list(result.undelivered)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closing.is_set()
 
     def close(self) -> None:
         """Interrupt any backoff at once and close the connections."""
@@ -188,7 +197,7 @@ class Delivery:
                 break
             self.stats.retried(KIND[batch.endpoint], len(pending))
             retry += 1
-            if self._closing.wait(delay):
+            if self._sleep(delay) if self._sleep is not None else self._closing.wait(delay):
                 break
         return BatchResult(
             batch.endpoint, len(batch.records), accepted, rejected, tuple(pending), tuple(unknown),
