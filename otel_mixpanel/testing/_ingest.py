@@ -11,7 +11,7 @@ import base64
 import binascii
 import hmac
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._validate import Invalid, event_problem, update_problem
 from ._wire import PayloadTooLarge, Rejection, decode_body, parse_payload
@@ -47,6 +47,8 @@ class Settings:
     service_account: Tuple[str, str]
     max_records: int
     max_bytes: int
+    # A project rule of the test's own: a reason to refuse a record, or None.
+    refuse: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,9 @@ def handle_import(incoming: Incoming, settings: Settings, *, now: float) -> Outc
     failed: List[Dict[str, object]] = []
     for index, record in enumerate(records):
         problem = event_problem(record, service_account=service_account, now=now)
+        if problem is None and settings.refuse is not None and isinstance(record, dict):
+            reason = settings.refuse(record)
+            problem = None if reason is None else Invalid("event", reason)
         if problem is None:
             assert isinstance(record, dict)
             outcome.accepted.append(record)
@@ -239,6 +244,11 @@ def _judge_updates(
     problems = [
         update_problem(update, endpoint=endpoint, token=settings.token) for update in updates
     ]
+    if settings.refuse is not None:
+        problems = [
+            settings.refuse(update) if problem is None and isinstance(update, dict) else problem
+            for update, problem in zip(updates, problems)
+        ]
     failures = [(index, reason) for index, reason in enumerate(problems) if reason is not None]
     if not failures:
         outcome = _updates_answer(params, 1, None)

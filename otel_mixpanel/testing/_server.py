@@ -87,6 +87,7 @@ class LocalMixpanel:
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self._faults = FaultQueue()
+        self._refuse: Optional[Callable[[Record], Optional[str]]] = None
         self._routes: Dict[Tuple[str, str], _Route] = {
             ("POST", "/import"): lambda incoming, settings: handle_import(
                 incoming, settings, now=time.time()
@@ -313,6 +314,18 @@ class LocalMixpanel:
         with self._lock:
             self._faults.add(fault)
 
+    def refuse_records(self, rule: Optional[Callable[[Record], Optional[str]]]) -> None:
+        """Refuse every record (event or update) for which ``rule`` returns a reason.
+
+        Mixpanel refuses records for reasons of its own (data governance, a
+        project's rules); this lets a test see how a client copes with a
+        partial failure: with ``strict=1`` the other records of the request are
+        still accepted and the refused ones are named in ``failed_records``.
+        ``None`` removes the rule.
+        """
+        with self._lock:
+            self._refuse = rule
+
     @property
     def pending_faults(self) -> int:
         """How many requests the scripted faults have yet to affect."""
@@ -328,6 +341,7 @@ class LocalMixpanel:
             service_account=self.service_account,
             max_records=self.max_records,
             max_bytes=self.max_bytes,
+            refuse=self._refuse,
         )
 
     def _respond(

@@ -774,3 +774,32 @@ def test_accepted_payloads_match_mixpanels_request_schemas(
             response = post_engage(session, mixpanel, payload, path=endpoint, query="verbose=1")
             assert response.json() == {"status": 1, "error": None}, (schema_path, response.text)
         assert _schema_errors(document, schema_path, payload) == [], schema_path
+
+
+def test_refuse_records_partial_import_and_engage() -> None:
+    """A scripted rule refuses matching records; the rest of the request is accepted."""
+    with LocalMixpanel() as server:
+        server.refuse_records(
+            lambda record: "blocked" if "blocked" in str(record) else None
+        )
+        events = [
+            {"event": name, "properties": {"time": 1_732_280_000_000, "distinct_id": "u",
+                                           "$insert_id": f"id-{i}"}}
+            for i, name in enumerate(["ok", "blocked", "ok2"])
+        ]
+        response = requests.post(
+            f"{server.url}/import?strict=1", data=gzip.compress(json.dumps(events).encode()),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            auth=(server.token, ""), timeout=5,
+        )
+        assert response.status_code == 400
+        assert [f["index"] for f in response.json()["failed_records"]] == [1]
+        assert [e["event"] for e in server.events] == ["ok", "ok2"]
+        updates = [{"$token": server.token, "$distinct_id": "u", "$set": {"a": v}}
+                   for v in ("x", "blocked")]
+        answer = requests.post(f"{server.url}/engage?verbose=1&strict=1", json=updates, timeout=5)
+        assert answer.json()["failed_records"] == [{"index": 1, "message": "blocked"}]
+        assert server.profiles["u"] == {"a": "x"}
+        server.refuse_records(None)
+        assert requests.post(f"{server.url}/engage?verbose=1", json=updates[1:],
+                             timeout=5).json() == {"status": 1, "error": None}
