@@ -149,6 +149,10 @@ class Delivery:
         """Whether :meth:`close` was called."""
         return self._closing.is_set()
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Sleep up to *timeout* seconds; True as soon as :meth:`close` is called."""
+        return self._closing.wait(timeout)
+
     def close(self) -> None:
         """Interrupt any backoff at once and close the connections."""
         self._closing.set()

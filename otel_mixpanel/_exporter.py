@@ -119,6 +119,7 @@ class MixpanelExporterBase:
             self._settings, transport=transport, stats=self._stats,
             retry_policy=retry_policy, spool=spool,
         )
+        self._retry_pause = (retry_policy or RetryPolicy()).outage_pause
         self._resource_properties: Dict[int, Mapping[str, Any]] = {}
         self._lock = threading.Lock()
         self._is_shut_down = False
@@ -153,8 +154,8 @@ class MixpanelExporterBase:
             if not messages:
                 return True
             delivered = self._delivery.deliver(messages).ok
-            if delivered and self._stats.has_spooled():
-                self._start_replay()  # Mixpanel is back: send what waited
+            if self._stats.has_spooled():
+                self._start_replay()  # keeps trying until Mixpanel takes it back
             return delivered
         except Exception:  # export must never raise into the batch processor
             self._logger.exception("Mixpanel export failed")
@@ -185,10 +186,17 @@ class MixpanelExporterBase:
         # Like the batch processors around export(): our HTTP calls make no spans.
         token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            result = spool.replay(self._delivery.replay, should_stop=lambda: self._is_shut_down)
-            if result.error is not None:
-                self._logger.warning("Mixpanel spool replay stopped: %s", result.error)
-            self._stats.set_spool_waiting(result.kept_records)
+            while True:
+                result = spool.replay(
+                    self._delivery.replay, should_stop=lambda: self._is_shut_down
+                )
+                if result.error is not None:
+                    self._logger.warning("Mixpanel spool replay stopped: %s", result.error)
+                self._stats.set_spool_waiting(result.kept_records)
+                # Mixpanel still down (or another process replaying): try again
+                # after the outage pause, until the spool is empty or we stop.
+                if not result.kept_records or self._delivery.wait_closed(self._retry_pause):
+                    break
         except Exception:
             self._logger.exception("Mixpanel spool replay failed")
         finally:
