@@ -1,0 +1,61 @@
+"""Inspect and replay a spool directory on demand.
+
+Exporters with ``spool_dir=`` replay their spool by themselves; these functions
+are for everything else: a one-off recovery after an outage, a cron job, the
+command line::
+
+    from otel_mixpanel.spool import replay_spool, spool_status
+
+    print(spool_status("/var/spool/mixpanel"))
+    result = replay_spool("/var/spool/mixpanel", token="...", region="eu")
+    print(result.done_records, "sent,", result.kept_records, "still waiting")
+
+Replaying is safe to interrupt and to run again: a record leaves the spool only
+once Mixpanel has answered for it, and another process replaying the same
+directory at the same time makes this one return at once (``locked=True``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from otel_mixpanel._config import resolve_settings
+from otel_mixpanel._delivery import Delivery
+from otel_mixpanel._retry import RetryPolicy
+from otel_mixpanel._spool import ReplayResult, Spool, SpoolStatus
+from otel_mixpanel._transport import Transport
+
+__all__ = ["ReplayResult", "SpoolStatus", "replay_spool", "spool_status"]
+
+
+def spool_status(directory: Union[str, Path]) -> SpoolStatus:
+    """What is waiting: records, bytes, segments, the oldest write time."""
+    return Spool(directory).status()
+
+
+def replay_spool(
+    directory: Union[str, Path],
+    *,
+    progress: Optional[Callable[[int, int], None]] = None,
+    retry_policy: Optional[RetryPolicy] = None,
+    transport: Optional[Transport] = None,
+    **settings: Any,
+) -> ReplayResult:
+    """Send what waits in *directory*, oldest first, until done or Mixpanel fails.
+
+    *settings* are the exporters' keyword arguments (``token``, ``region``,
+    ``api_host``, ...), each defaulting to its ``OTEL_EXPORTER_MIXPANEL_*``
+    variable. ``progress(done, total)`` is called after each batch.
+
+    Raises:
+        ConfigurationError: missing credentials or an invalid setting.
+    """
+    spool = Spool(directory)
+    delivery = Delivery(
+        resolve_settings(**settings), transport=transport, retry_policy=retry_policy
+    )
+    try:
+        return spool.replay(delivery.replay, progress=progress)
+    finally:
+        delivery.close()
