@@ -9,6 +9,7 @@ threads. :func:`bind_identity` tags everything of a request with its user.
 
 from __future__ import annotations
 
+from otel_mixpanel._configure import MixpanelPipeline, configure
 from otel_mixpanel._exceptions import ConfigurationError, MixpanelError
 from otel_mixpanel._retry import RetryPolicy
 from otel_mixpanel._version import __version__
@@ -26,8 +27,10 @@ __all__ = [
     "MixpanelIdentityLogProcessor",
     "MixpanelIdentitySpanProcessor",
     "MixpanelLogExporter",
+    "MixpanelPipeline",
     "MixpanelSpanExporter",
     "RetryPolicy",
     "__version__",
     "bind_identity",
+    "configure",
 ]

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
-from opentelemetry import baggage, context
+from opentelemetry import baggage, context, trace
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
@@ -53,10 +53,16 @@ def bind_identity(
     """Make these ids the identity of everything tagged inside the block.
 
     Nested bindings add to (and override) the outer one. Attributes set on a
-    span or record itself always win over the bound identity.
+    span or record itself always win over the bound identity. The span that is
+    current when binding (typically the request's server span, started by an
+    instrumentation before any middleware runs) is stamped too.
     """
     given = zip(IDENTITY_ATTRIBUTES, (distinct_id, user_id, device_id))
     values = {name: str(value) for name, value in given if value is not None}
+    current = trace.get_current_span()
+    if current.is_recording():
+        for name, value in _fill(getattr(current, "attributes", None) or {}, values).items():
+            current.set_attribute(name, value)
     bound = dict(context.get_value(_IDENTITY_KEY) or {})  # type: ignore[call-overload]
     bound.update(values)
     ctx = context.set_value(_IDENTITY_KEY, bound)

@@ -1,0 +1,249 @@
+"""``configure()``: Mixpanel in one call, beside whatever OpenTelemetry set-up exists.
+
+Adds our processors to the providers the application already has (global or
+given), creates providers only where there are none, never replaces a provider
+or a processor, and is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Any, Callable, List, Optional
+
+from opentelemetry import trace
+from opentelemetry._logs import get_logger_provider, set_logger_provider
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from otel_mixpanel._exceptions import ConfigurationError
+from otel_mixpanel.identity import MixpanelIdentityLogProcessor, MixpanelIdentitySpanProcessor
+from otel_mixpanel.logs import MixpanelLogExporter
+from otel_mixpanel.trace import MixpanelSpanExporter
+
+__all__ = ["MixpanelPipeline", "configure"]
+
+_logger = logging.getLogger(__name__)
+
+# Sized for bursts: 20 000 events offered as fast as a thread can go are all
+# kept (see docs/performance.md); a queued span costs about 1-2 kB.
+DEFAULT_MAX_QUEUE_SIZE = 32_768
+DEFAULT_MAX_EXPORT_BATCH_SIZE = 1_000
+DEFAULT_SCHEDULE_DELAY_MILLIS = 1_000
+
+_configured: weakref.WeakKeyDictionary[Any, MixpanelPipeline] = weakref.WeakKeyDictionary()
+_configure_lock = threading.Lock()
+
+
+class MixpanelPipeline:
+    """What :func:`configure` set up; flush and shut down only our part of it.
+
+    Attributes:
+        tracer_provider: the provider our span processors were added to.
+        logger_provider: the provider our log processors were added to.
+        span_exporter: the :class:`~otel_mixpanel.MixpanelSpanExporter`.
+        log_exporter: the :class:`~otel_mixpanel.MixpanelLogExporter`.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider,
+        logger_provider: LoggerProvider,
+        span_exporter: MixpanelSpanExporter,
+        log_exporter: MixpanelLogExporter,
+        processors: List[Any],
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.logger_provider = logger_provider
+        self.span_exporter = span_exporter
+        self.log_exporter = log_exporter
+        self._processors = processors
+        self._undo: List[Callable[[], None]] = []
+
+    def stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        """The counters of both exporters: ``{"spans": {...}, "logs": {...}}``."""
+        return {"spans": self.span_exporter.stats(), "logs": self.log_exporter.stats()}
+
+    def force_flush(self, timeout_millis: int = 10_000) -> bool:
+        """Export what our processors hold; returns within *timeout_millis*
+        (the SDK's own flush ignores its timeout), True when all was flushed."""
+        return _bounded(
+            lambda: all(p.force_flush() for p in self._processors), timeout_millis
+        )
+
+    def shutdown(self, timeout_millis: int = 10_000) -> bool:
+        """Flush and stop our processors and hooks, within *timeout_millis*;
+        the application's own providers and processors keep running."""
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        with _configure_lock:
+            for provider in (self.tracer_provider, self.logger_provider):
+                if _configured.get(provider) is self:
+                    del _configured[provider]
+
+        def stop() -> bool:
+            for processor in self._processors:
+                processor.shutdown()
+            return True
+
+        return _bounded(stop, timeout_millis)
+
+
+def configure(
+    *,
+    tracer_provider: Optional[TracerProvider] = None,
+    logger_provider: Optional[LoggerProvider] = None,
+    logging: bool = False,
+    structlog: bool = False,
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    max_export_batch_size: int = DEFAULT_MAX_EXPORT_BATCH_SIZE,
+    schedule_delay_millis: int = DEFAULT_SCHEDULE_DELAY_MILLIS,
+    **exporter_settings: Any,
+) -> MixpanelPipeline:
+    """Send tagged spans, log records and (optionally) stdlib logging and
+    structlog events to Mixpanel.
+
+    Args:
+        tracer_provider: add to this provider (default: the global one, created
+            and set when the application has none).
+        logger_provider: likewise for logs.
+        logging: also attach an OpenTelemetry handler to the root logger, so
+            ``logging`` calls with ``extra={"mixpanel.event": ...}`` are sent
+            (needs ``opentelemetry-instrumentation-logging``).
+        structlog: also insert :class:`otel_mixpanel.structlog.MixpanelProcessor`
+            into structlog's configured chain, before the renderer.
+        max_queue_size, max_export_batch_size, schedule_delay_millis: the batch
+            processors' settings, sized for bursts by default.
+        exporter_settings: the exporters' keyword arguments (``token``,
+            ``region``, ``spool_dir``, ...), defaulting to the environment.
+
+    Returns:
+        The :class:`MixpanelPipeline`; calling ``configure`` again for the same
+        providers returns the same pipeline (nothing is added twice).
+
+    Example::
+
+        import otel_mixpanel
+
+        pipeline = otel_mixpanel.configure(structlog=True)
+        ...
+        pipeline.shutdown()
+    """
+    with _configure_lock:
+        tracer_provider = tracer_provider or _global_tracer_provider()
+        logger_provider = logger_provider or _global_logger_provider()
+        existing = _configured.get(tracer_provider) or _configured.get(logger_provider)
+        if existing is not None:
+            _logger.info("otel_mixpanel.configure() already ran for these providers")
+            return existing
+        span_exporter = MixpanelSpanExporter(**exporter_settings)
+        log_exporter = MixpanelLogExporter(**exporter_settings)
+        # Keywords only: the two constructors order their arguments differently.
+        span_processor = BatchSpanProcessor(
+            span_exporter, max_queue_size=max_queue_size,
+            max_export_batch_size=max_export_batch_size,
+            schedule_delay_millis=schedule_delay_millis,
+        )
+        log_processor = BatchLogRecordProcessor(
+            log_exporter, max_queue_size=max_queue_size,
+            max_export_batch_size=max_export_batch_size,
+            schedule_delay_millis=schedule_delay_millis,
+        )
+        tracer_provider.add_span_processor(MixpanelIdentitySpanProcessor())
+        tracer_provider.add_span_processor(span_processor)
+        logger_provider.add_log_record_processor(MixpanelIdentityLogProcessor())
+        logger_provider.add_log_record_processor(log_processor)
+        pipeline = MixpanelPipeline(
+            tracer_provider, logger_provider, span_exporter, log_exporter,
+            [span_processor, log_processor],
+        )
+        if logging:
+            pipeline._undo.append(_hook_logging(logger_provider))
+        if structlog:
+            pipeline._undo.append(_hook_structlog(logger_provider))
+        _configured[tracer_provider] = pipeline
+        _configured[logger_provider] = pipeline
+        return pipeline
+
+
+def _global_tracer_provider() -> TracerProvider:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        return provider
+    if type(provider).__name__ not in ("ProxyTracerProvider", "NoOpTracerProvider"):
+        raise ConfigurationError(
+            f"the global tracer provider is a {type(provider).__name__}, not the SDK's "
+            "TracerProvider: pass tracer_provider= to configure()"
+        )
+    created = TracerProvider()
+    trace.set_tracer_provider(created)
+    return created
+
+
+def _global_logger_provider() -> LoggerProvider:
+    provider = get_logger_provider()
+    if isinstance(provider, LoggerProvider):
+        return provider
+    if type(provider).__name__ not in ("ProxyLoggerProvider", "NoOpLoggerProvider"):
+        raise ConfigurationError(
+            f"the global logger provider is a {type(provider).__name__}, not the SDK's "
+            "LoggerProvider: pass logger_provider= to configure()"
+        )
+    created = LoggerProvider()
+    set_logger_provider(created)
+    return created
+
+
+def _hook_logging(logger_provider: LoggerProvider) -> Callable[[], None]:
+    try:
+        from opentelemetry.instrumentation.logging.handler import (  # noqa: PLC0415
+            LoggingHandler,
+        )
+    except ImportError as error:
+        raise ConfigurationError(
+            "configure(logging=True) needs opentelemetry-instrumentation-logging: "
+            "pip install 'otel-mixpanel[logging]'"
+        ) from error
+    root = logging.getLogger()
+    handler = LoggingHandler(logger_provider=logger_provider)
+    root.addHandler(handler)
+    return lambda: root.removeHandler(handler)
+
+
+def _hook_structlog(logger_provider: LoggerProvider) -> Callable[[], None]:
+    try:
+        import structlog  # noqa: PLC0415
+
+        from otel_mixpanel.structlog import MixpanelProcessor  # noqa: PLC0415
+    except ImportError as error:
+        raise ConfigurationError(
+            "configure(structlog=True) needs structlog: pip install 'otel-mixpanel[structlog]'"
+        ) from error
+    processors = list(structlog.get_config()["processors"])
+    if any(isinstance(p, MixpanelProcessor) for p in processors):
+        return lambda: None
+    processor = MixpanelProcessor(logger_provider)
+    # Before the renderer, which is last by structlog's convention.
+    processors.insert(max(len(processors) - 1, 0), processor)
+    structlog.configure(processors=processors)
+
+    def undo() -> None:
+        current = list(structlog.get_config()["processors"])
+        structlog.configure(processors=[p for p in current if p is not processor])
+
+    return undo
+
+
+def _bounded(action: Callable[[], bool], timeout_millis: int) -> bool:
+    """Run *action* on a helper thread and wait at most *timeout_millis*."""
+    outcome: List[bool] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(action()), name="otel-mixpanel-flush", daemon=True
+    )
+    worker.start()
+    worker.join(timeout=max(0.0, timeout_millis / 1000))
+    return bool(outcome and outcome[0])

@@ -1,0 +1,136 @@
+"""configure(): adds to existing providers, creates them only when missing,
+never double-delivers, hooks logging and structlog, bounded flush/shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Iterator
+
+import pytest
+import structlog
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_mixpanel import ConfigurationError, configure
+from otel_mixpanel.structlog import MixpanelProcessor
+from otel_mixpanel.testing import LocalMixpanel
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+def test_adds_to_the_applications_providers(mixpanel: LocalMixpanel) -> None:
+    """The user's own processors keep working; ours are added beside them."""
+    memory = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
+    logger_provider = LoggerProvider()
+    pipeline = configure(tracer_provider=tracer_provider, logger_provider=logger_provider,
+                         token=mixpanel.token, api_host=mixpanel.url)
+    with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+        span.set_attribute("mixpanel.event", "E")
+    logger_provider.get_logger("app").emit(attributes={"mixpanel.event": "L"})
+    assert pipeline.force_flush()
+    assert sorted(e["event"] for e in mixpanel.events) == ["E", "L"]
+    assert [s.name for s in memory.get_finished_spans()] == ["s"]
+    assert pipeline.shutdown()
+
+
+def test_calling_twice_does_not_double_deliver(mixpanel: LocalMixpanel) -> None:
+    """A second configure() for the same providers returns the same pipeline."""
+    tracer_provider, logger_provider = TracerProvider(), LoggerProvider()
+    first = configure(tracer_provider=tracer_provider, logger_provider=logger_provider,
+                      token=mixpanel.token, api_host=mixpanel.url)
+    second = configure(tracer_provider=tracer_provider, logger_provider=logger_provider,
+                       token=mixpanel.token, api_host=mixpanel.url)
+    assert first is second
+    with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+        span.set_attribute("mixpanel.event", "Once")
+    first.force_flush()
+    assert len(mixpanel.events) == 1
+    first.shutdown()
+
+
+def test_hooks_logging_and_structlog_and_undoes_them(mixpanel: LocalMixpanel) -> None:
+    """logging=True and structlog=True send both kinds of lines; shutdown removes
+    the hooks."""
+    structlog.configure(processors=[structlog.processors.JSONRenderer()],
+                        logger_factory=structlog.ReturnLoggerFactory())
+    handlers_before = list(logging.getLogger().handlers)
+    pipeline = configure(tracer_provider=TracerProvider(), logger_provider=LoggerProvider(),
+                         logging=True, structlog=True,
+                         token=mixpanel.token, api_host=mixpanel.url)
+    chain = structlog.get_config()["processors"]
+    assert isinstance(chain[0], MixpanelProcessor) and len(chain) == 2
+    logging.getLogger("app.configure").warning("x", extra={"mixpanel.event": "From Logging"})
+    structlog.get_logger().info("y", mixpanel_event="From Structlog")
+    pipeline.force_flush()
+    assert sorted(e["event"] for e in mixpanel.events) == ["From Logging", "From Structlog"]
+    pipeline.shutdown()
+    assert logging.getLogger().handlers == handlers_before
+    assert len(structlog.get_config()["processors"]) == 1
+
+
+def test_flush_and_shutdown_are_bounded(mixpanel: LocalMixpanel) -> None:
+    """With Mixpanel hanging, force_flush and shutdown return False in time."""
+    mixpanel.fail_next(100, status=None, delay=30)
+    tracer_provider = TracerProvider()
+    pipeline = configure(tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+                         token=mixpanel.token, api_host=mixpanel.url, timeout=20)
+    with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+        span.set_attribute("mixpanel.event", "E")
+    assert pipeline.force_flush(timeout_millis=200) is False
+    assert pipeline.shutdown(timeout_millis=200) is False
+
+
+def test_rejects_a_foreign_global_provider() -> None:
+    """A non-SDK global provider cannot take processors: a clear error, not a no-op."""
+    code = textwrap.dedent("""
+        from opentelemetry import trace
+        class Foreign(trace.TracerProvider):
+            def get_tracer(self, *args, **kwargs):
+                return trace.NoOpTracer()
+        trace.set_tracer_provider(Foreign())
+        import otel_mixpanel
+        try:
+            otel_mixpanel.configure(token="t")
+        except otel_mixpanel.ConfigurationError as error:
+            print("error:", error)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert "error: the global tracer provider is a Foreign" in result.stdout
+
+
+def test_creates_global_providers_when_none(mixpanel: LocalMixpanel) -> None:
+    """With nothing set up, configure() creates and sets the global providers."""
+    code = textwrap.dedent("""
+        from opentelemetry import trace
+        import otel_mixpanel
+        pipeline = otel_mixpanel.configure()
+        assert trace.get_tracer_provider() is pipeline.tracer_provider
+        with trace.get_tracer("t").start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.event", "Global")
+        pipeline.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(mixpanel.env())
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert [e["event"] for e in mixpanel.events] == ["Global"]
+
+
+def test_missing_credentials_fail_loudly() -> None:
+    """configure() without credentials raises, naming the variables."""
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_MIXPANEL_TOKEN"):
+        configure(tracer_provider=TracerProvider(), logger_provider=LoggerProvider())

@@ -1,0 +1,78 @@
+"""Zero-code: a real ``opentelemetry-instrument`` subprocess, environment only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from otel_mixpanel.testing import LocalMixpanel
+
+APP = """
+import logging
+from opentelemetry import trace
+from otel_mixpanel import bind_identity
+
+tracer = trace.get_tracer("app")
+with bind_identity(user_id="zero-code-user"):
+    with tracer.start_as_current_span("signup") as span:
+        span.set_attribute("mixpanel.event", "Signed Up")
+    logging.getLogger("app").warning("paid", extra={"mixpanel.event": "Paid"})
+"""
+
+
+def instrument(args: List[str], env: Dict[str, str], app: Path) -> subprocess.CompletedProcess[str]:
+    binary = Path(sys.executable).parent / "opentelemetry-instrument"
+    return subprocess.run([str(binary), *args, sys.executable, str(app)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    path = tmp_path / "app.py"
+    path.write_text(APP)
+    return path
+
+
+def base_env(mixpanel: LocalMixpanel) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(mixpanel.env())
+    env.update(
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_PYTHON_CONFIGURATOR="mixpanel",
+        OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
+    )
+    return env
+
+
+def test_environment_only(mixpanel: LocalMixpanel, app: Path) -> None:
+    """Tagged spans and log records arrive, with the request identity, no code."""
+    env = base_env(mixpanel)
+    env.update(OTEL_TRACES_EXPORTER="mixpanel", OTEL_LOGS_EXPORTER="mixpanel")
+    result = instrument([], env, app)
+    assert result.returncode == 0, result.stderr
+    assert mixpanel.wait_for(lambda m: len(m.events) == 2)
+    identities = {e["event"]: e["properties"]["distinct_id"] for e in mixpanel.events}
+    assert identities == {"Signed Up": "zero-code-user", "Paid": "zero-code-user"}
+
+
+def test_beside_an_otlp_pipeline_with_flags(mixpanel: LocalMixpanel, app: Path) -> None:
+    """--traces_exporter otlp,mixpanel: ours delivers even while the OTLP
+    collector is unreachable; the token comes from our CLI flag."""
+    env = base_env(mixpanel)
+    token = env.pop("OTEL_EXPORTER_MIXPANEL_TOKEN")
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there
+    env["OTEL_EXPORTER_OTLP_TIMEOUT"] = "1"
+    env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"  # the exporter installed here
+    result = instrument(
+        ["--traces_exporter", "otlp,mixpanel", "--logs_exporter", "mixpanel",
+         "--exporter_mixpanel_token", token],
+        env, app,
+    )
+    assert result.returncode == 0, result.stderr
+    assert mixpanel.wait_for(lambda m: len(m.events) == 2)
+    assert {e["event"] for e in mixpanel.events} == {"Signed Up", "Paid"}
