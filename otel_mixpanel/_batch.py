@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from otel_mixpanel._model import Endpoint, IdentityEvent, Message
 from otel_mixpanel._stats import Stats
@@ -71,9 +71,12 @@ def encode(message: Message, token: Optional[str], stats: Stats) -> Optional[byt
     try:
         record = text.encode("utf-8")
     except UnicodeEncodeError:
-        # Lone surrogates (from invalid input) cannot be UTF-8; keep the rest.
+        # Lone surrogates (from invalid input) cannot be UTF-8. Spelling them out
+        # as text ("\\ud800") keeps every name distinct, where "?" could merge
+        # two keys and a JSON escape would bring the surrogate back.
         stats.adjusted("invalid_unicode")
-        record = text.encode("utf-8", "replace")
+        payload = _spell_out_surrogates(message.payload(token))
+        record = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     if len(record) > MAX_RECORD_BYTES:
         stats.dropped("record_too_large", detail=message.endpoint.value)
         return None
@@ -111,3 +114,13 @@ _ENDPOINT_ORDER = {endpoint: index * 2 for index, endpoint in enumerate(Endpoint
 def _send_order(message: Message) -> int:
     rank = _ENDPOINT_ORDER[message.endpoint]
     return rank if isinstance(message, IdentityEvent) else rank + 1
+
+
+def _spell_out_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_spell_out_surrogates(k): _spell_out_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_spell_out_surrogates(item) for item in value]
+    return value

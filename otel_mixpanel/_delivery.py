@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from otel_mixpanel._batch import Batch, make_batches
 from otel_mixpanel._config import Settings
 from otel_mixpanel._limits import Limits
-from otel_mixpanel._model import Endpoint, Event, Message
+from otel_mixpanel._model import Endpoint, Event, IdentityEvent, Message
 from otel_mixpanel._responses import read_response
 from otel_mixpanel._retry import RetryPolicy
 from otel_mixpanel._spool import Spool
@@ -283,7 +283,9 @@ class Delivery:
         if result.accepted:
             self.stats.sent(KIND[batch.endpoint], result.accepted)
         for reason in result.rejected.values():
-            self.stats.dropped("rejected_by_mixpanel", detail=reason)
+            # Mixpanel's message may quote the offending value: log the field only.
+            field = reason.split(":", 1)[0] if ":" in reason else "record"
+            self.stats.dropped("rejected_by_mixpanel", detail=field)
         if result.unknown:
             self.stats.dropped(
                 "outcome_unknown", len(result.unknown),
@@ -310,6 +312,14 @@ class Delivery:
         return headers
 
     def _without_unsendable(self, messages: List[Message]) -> List[Message]:
+        if not self._settings.uses_service_account:
+            merges = [m for m in messages if isinstance(m, IdentityEvent) and m.name == "$merge"]
+            if merges:
+                self.stats.dropped(
+                    "merge_needs_service_account", len(merges),
+                    detail="Mixpanel accepts $merge only with service-account authentication",
+                )
+                messages = [m for m in messages if m not in merges]
         if self._settings.token is not None:
             return messages
         kept: List[Message] = [m for m in messages if isinstance(m, Event)]

@@ -150,7 +150,10 @@ class MixpanelExporterBase:
             messages: List[Message] = []
             trace_ids = self._settings.trace_ids
             for record in records:
-                messages.extend(translate(record, self._stats, trace_ids=trace_ids))
+                try:
+                    messages.extend(translate(record, self._stats, trace_ids=trace_ids))
+                except Exception as error:  # one bad record must not cost the batch
+                    self._stats.dropped("translation_error", detail=type(error).__name__)
             if not messages:
                 return True
             delivered = self._delivery.deliver(messages).ok

@@ -28,6 +28,13 @@ MAX_DEPTH = 3
 MAX_EVENT_COLLECTION_BYTES = 8 * 1024
 MAX_PROFILE_COLLECTION_BYTES = 256 * 1024
 FUTURE_TOLERANCE_MS = 3_600_000
+# Mixpanel reads a time up to 1e11 as seconds: 1971-01-01 to 1973-03-03 in
+# milliseconds would land in the year 2969, so those times are sent in seconds.
+SECONDS_BELOW = 100_000_000_000
+# Room for collection properties in one record, under Mixpanel's 1 MB per
+# event or update (strings and names take at most ~330 kB besides).
+MAX_COLLECTIONS_BYTES = 600_000
+MAX_SAFE_INTEGER = 2**53
 EARLIEST_MS = 31_536_000_000  # 1971-01-01, Mixpanel's lower bound for event time
 REQUIRED_EVENT_PROPERTIES = ("time", "distinct_id", "$insert_id")
 
@@ -82,7 +89,8 @@ class Limits:
         return kept
 
     def _event(self, event: Event, now_ms: int) -> Optional[Event]:
-        properties = self._properties(event.properties, MAX_EVENT_COLLECTION_BYTES)
+        properties = self._properties(event.properties, MAX_EVENT_COLLECTION_BYTES, time=False)
+        name = event.name if len(event.name) <= 63 else self._string(event.name)
         distinct_id = str(properties.get("distinct_id", ""))
         if is_denylisted(distinct_id):
             if isinstance(event, IdentityEvent):
@@ -91,14 +99,21 @@ class Limits:
             # Mixpanel would refuse the event; anonymous keeps it countable.
             self._stats.adjusted("denylisted_distinct_id")
             properties["distinct_id"] = ""
-        time_ms = properties.get("time")
+        # From the translated record: the generic rules above would turn a
+        # far-future integer into a float before it could be clamped.
+        time_ms = event.properties.get("time")
         if not isinstance(time_ms, int) or time_ms < EARLIEST_MS:
             self._stats.dropped("time_before_1971", detail=event.name)
             return None
         if time_ms > now_ms + FUTURE_TOLERANCE_MS:
             self._stats.adjusted("time_in_future")
             properties["time"] = now_ms
-        return dataclasses.replace(event, properties=properties)
+        elif time_ms <= SECONDS_BELOW:
+            self._stats.adjusted("time_sent_in_seconds")
+            properties["time"] = time_ms // 1000
+        else:
+            properties["time"] = time_ms
+        return dataclasses.replace(event, name=name, properties=properties)
 
     def _profile(self, update: ProfileUpdate) -> Optional[ProfileUpdate]:
         if is_denylisted(update.distinct_id):
@@ -107,13 +122,18 @@ class Limits:
         value = self._operation_value(update.value)
         if value is _DROP:
             return None
-        return dataclasses.replace(update, value=value)
+        # Cut like the event's distinct_id, so both address the same user.
+        distinct_id = self._value(update.distinct_id, 0, "$distinct_id")
+        return dataclasses.replace(update, distinct_id=distinct_id, value=value)
 
     def _group(self, update: GroupUpdate) -> Optional[GroupUpdate]:
         value = self._operation_value(update.value)
         if value is _DROP:
             return None
-        return dataclasses.replace(update, value=value)
+        return dataclasses.replace(
+            update, group_key=self._value(update.group_key, 0, "$group_key"),
+            group_id=self._value(update.group_id, 0, "$group_id"), value=value,
+        )
 
     def _operation_value(self, value: Any) -> Any:
         if isinstance(value, Mapping):
@@ -126,10 +146,17 @@ class Limits:
             return [self._string(name) for name in value[:MAX_ITEMS]]
         return value
 
-    def _properties(self, properties: Mapping[str, Any], collection_bytes: int) -> Dict[str, Any]:
+    def _properties(
+        self, properties: Mapping[str, Any], collection_bytes: int, *, time: bool = True
+    ) -> Dict[str, Any]:
+        """The properties within limits; ``time=False`` leaves an event's time to
+        its own rules."""
         cleaned: Dict[str, Any] = {}
+        collections_left = MAX_COLLECTIONS_BYTES
         for raw_name, raw_value in properties.items():
             name = raw_name if isinstance(raw_name, str) else str(raw_name)
+            if not time and name == "time":
+                continue
             if self._filtered and not self._permitted(name):
                 self._stats.dropped("property_not_allowed", detail=name[:40])
                 continue
@@ -139,12 +166,20 @@ class Limits:
             value = self._value(raw_value, 0, name)
             if value is _DROP:
                 continue
-            if isinstance(value, (list, dict)) and _encoded_size(value) > collection_bytes:
-                self._stats.dropped("collection_too_large", detail=name)
-                continue
+            if isinstance(value, (list, dict)):
+                size = _encoded_size(value)
+                if size > collection_bytes:
+                    self._stats.dropped("collection_too_large", detail=name)
+                    continue
+                if size > collections_left:
+                    self._stats.dropped("record_size_limit", detail=name)
+                    continue
+                collections_left -= size
             cleaned[name] = value
-        if len(cleaned) > MAX_PROPERTIES:
-            cleaned = self._fewer_properties(cleaned)
+        # An event's time is added back afterwards: keep its place.
+        allowed = MAX_PROPERTIES if time else MAX_PROPERTIES - 1
+        if len(cleaned) > allowed:
+            cleaned = self._fewer_properties(cleaned, allowed)
         return cleaned
 
     def _permitted(self, name: str) -> bool:
@@ -155,9 +190,9 @@ class Limits:
             return False
         return self._allowlist is None or name in self._allowlist
 
-    def _fewer_properties(self, properties: Dict[str, Any]) -> Dict[str, Any]:
+    def _fewer_properties(self, properties: Dict[str, Any], allowed: int) -> Dict[str, Any]:
         required = {k: properties[k] for k in REQUIRED_EVENT_PROPERTIES if k in properties}
-        room = MAX_PROPERTIES - len(required)
+        room = allowed - len(required)
         kept: Dict[str, Any] = {}
         for name, value in properties.items():
             if name not in required:
@@ -171,15 +206,32 @@ class Limits:
     def _value(self, value: Any, depth: int, name: str) -> Any:
         kind = type(value)
         if kind is str:
-            return value if len(value) <= MAX_STRING_LENGTH else self._string(value)
-        if value is None or kind is int or kind is bool:
+            # Up to 63 characters cannot pass 255 bytes; longer ones are measured.
+            if len(value) <= 63:
+                return value
+            return self._string(value)
+        if value is None or kind is bool:
             return value
+        if kind is int:
+            if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                return value
+            return self._big_integer(value, name)
         if kind is float:
             if math.isfinite(value):
                 return value
             self._stats.dropped("non_finite_number", detail=name)
             return _DROP
         return self._other_value(value, depth, name)
+
+    def _big_integer(self, value: int, name: str) -> Any:
+        """Mixpanel stores numbers as doubles: a larger int becomes a float."""
+        try:
+            number = float(value)
+        except OverflowError:
+            self._stats.dropped("number_too_large", detail=name)
+            return _DROP
+        self._stats.adjusted("integer_as_float", detail=name)
+        return number
 
     def _other_value(self, value: Any, depth: int, name: str) -> Any:
         if isinstance(value, enum.Enum):
@@ -229,14 +281,18 @@ class Limits:
         return [item for item in cleaned if item is not _DROP]
 
     def _string(self, value: Any) -> str:
+        """At most 255 characters and 255 UTF-8 bytes: Mixpanel's pages disagree
+        on which, so both hold."""
         text = str(value)
-        if len(text) <= MAX_STRING_LENGTH:
+        if len(text) <= MAX_STRING_LENGTH and (
+            len(text) <= 63 or len(text.encode("utf-8", "surrogatepass")) <= MAX_STRING_LENGTH
+        ):
             return text
         self._stats.adjusted("string_truncated")
         text = text[:MAX_STRING_LENGTH]
-        # Mixpanel's pages disagree on characters or bytes: satisfy both.
-        while len(text.encode("utf-8", "surrogatepass")) > MAX_STRING_LENGTH:
-            text = text[:-1]
+        encoded = text.encode("utf-8", "surrogatepass")
+        if len(encoded) > MAX_STRING_LENGTH:
+            text = encoded[:MAX_STRING_LENGTH].decode("utf-8", "ignore")
         return text
 
 
@@ -248,5 +304,8 @@ def _plain(value: Any) -> Any:
 
 
 def _encoded_size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    try:
+        return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    except ValueError:  # e.g. an int too long to print: no room for it
+        return MAX_PROFILE_COLLECTION_BYTES + 1
 

@@ -24,6 +24,8 @@ from otel_mixpanel._version import __version__
 LIBRARY_NAME = "otel-mixpanel"
 _INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
 _IDENTITY_FIELDS = (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
+# Set only from their own keys; a same-named property is ignored (and counted).
+_RESERVED_EVENT_PROPERTIES = ("time", "distinct_id", "$insert_id")
 _NAME_OF_FIELD = {key.field: key.name for key in c.KEYS}
 
 
@@ -137,7 +139,10 @@ def _text(value: Any) -> Optional[str]:
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # past Python's digit limit: no one's id
+            return None
     return None
 
 
@@ -256,7 +261,11 @@ def _event(
     properties["$lib_version"] = __version__
     for group_key, group_ids in _properties(fields.get(c.GROUPS)).items():
         properties[group_key] = list(group_ids) if _is_sequence(group_ids) else group_ids
-    properties.update(_properties(fields.get(c.PROPERTIES)))
+    given = _properties(fields.get(c.PROPERTIES))
+    properties.update(given)
+    shadowed = [name for name in _RESERVED_EVENT_PROPERTIES if name in given]
+    if shadowed:
+        stats.adjusted("reserved_property_ignored", len(shadowed), detail=", ".join(shadowed))
     for field_name, property_name in ((c.USER_ID, "$user_id"), (c.DEVICE_ID, "$device_id")):
         value = _text(fields.get(field_name))
         if value:
@@ -353,7 +362,13 @@ def _charge(fields: Dict[str, Any], time_ms: int, stats: Stats) -> Optional[Dict
     if not _is_number(amount):
         stats.dropped("charge_without_amount")
         return None
-    when = datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc)
+    try:
+        when = datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        # The event's own time is unusable (it is dropped or clamped later); the
+        # charge keeps its amount and takes the time it was recorded.
+        stats.adjusted("invalid_time", detail="mixpanel.people.track_charge")
+        when = datetime.now(timezone.utc)
     return {"$amount": amount, "$time": when.strftime("%Y-%m-%dT%H:%M:%S"), **extras}
 
 
