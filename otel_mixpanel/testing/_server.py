@@ -23,6 +23,8 @@ from ._wire import Headers, ReceivedRequest, Rejection
 # Any, not object: callers index into events and profiles (m.events[0]["properties"]).
 Record = Dict[str, Any]
 _Route = Callable[[Incoming, Settings], Outcome]
+# A GET page beside the ingestion endpoints (the live view): (query, headers) -> Reply.
+_Page = Callable[[Dict[str, str], Headers], Reply]
 
 ENV_TOKEN = "OTEL_EXPORTER_MIXPANEL_TOKEN"
 ENV_API_HOST = "OTEL_EXPORTER_MIXPANEL_API_HOST"
@@ -95,6 +97,9 @@ class LocalMixpanel:
             ("POST", "/engage"): handle_updates,
             ("POST", "/groups"): handle_updates,
         }
+        # Pages are neither recorded nor subject to faults: a browser polling them must not
+        # consume a scripted fault or grow `requests`.
+        self._pages: Dict[str, _Page] = {}
         self._requests: List[ReceivedRequest] = []
         self._events: List[Record] = []
         self._profile_updates: List[Record] = []
@@ -348,6 +353,9 @@ class LocalMixpanel:
         self, method: str, path: str, query: Dict[str, str], headers: Headers, body: bytes
     ) -> Optional[Reply]:
         route_path = _route_path(path)
+        page = self._pages.get(route_path) if method == "GET" else None
+        if page is not None:
+            return page(query, headers)
         with self._lock:
             fault = self._faults.take(route_path)
         pause = self.latency + (fault.delay if fault else 0.0)
