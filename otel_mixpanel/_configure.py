@@ -116,8 +116,9 @@ def configure(
             (needs ``opentelemetry-instrumentation-logging``).
         structlog: also insert :class:`otel_mixpanel.structlog.MixpanelProcessor`
             into structlog's configured chain, before the renderer.
-        max_queue_size, max_export_batch_size, schedule_delay_millis: the batch
-            processors' settings, sized for bursts by default.
+        max_queue_size: the batch processors' queue, sized for bursts by default.
+        max_export_batch_size: records per export call.
+        schedule_delay_millis: how often the batch processors export.
         exporter_settings: the exporters' keyword arguments (``token``,
             ``region``, ``spool_dir``, ...), defaulting to the environment.
 
