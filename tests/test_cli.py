@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel._config import resolve_settings
 from otel_mixpanel.cli._check import Probe, explain
 from otel_mixpanel.cli._common import CliError
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import fill_spool
 
 CLI = shutil.which("otel-mixpanel") or str(Path(sys.executable).parent / "otel-mixpanel")
-FAST = RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0), outage_pause=60)
 
 
 def clean_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -242,27 +239,9 @@ def test_bad_input_is_one_line(args: List[str], code: int, expected: str) -> Non
 # spool
 
 
-def fill_spool(directory: Path, mixpanel: LocalMixpanel, count: int) -> None:
-    """Export while Mixpanel refuses every request: *count* events and profile updates spool."""
-    mixpanel.fail_next(10_000, status=503)
-    exporter = MixpanelSpanExporter(
-        token=mixpanel.token, api_host=mixpanel.url, timeout=0.2, retry_policy=FAST,
-        spool_dir=str(directory),
-    )
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=5))
-    tracer = provider.get_tracer("t")
-    for i in range(count):
-        with tracer.start_as_current_span("s") as span:
-            span.set_attribute("mixpanel.event", f"E{i}")
-            span.set_attribute("mixpanel.distinct_id", "u")
-            span.set_attribute(f"mixpanel.people.add.n{i}", 1)
-    provider.shutdown()
-
-
 def test_spool_status(tmp_path: Path, mixpanel: LocalMixpanel) -> None:
     """Records, bytes, segments, the oldest as a time, and per endpoint."""
-    fill_spool(tmp_path, mixpanel, 10)
+    fill_spool(tmp_path, mixpanel, 10, batch=5)
     result = cli("spool", "status", str(tmp_path))
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -277,7 +256,7 @@ def test_spool_status(tmp_path: Path, mixpanel: LocalMixpanel) -> None:
 
 def test_spool_replay_sends_once_with_progress(tmp_path: Path, mixpanel: LocalMixpanel) -> None:
     """Replay to a healthy Mixpanel: progress bar on stderr, exit 0, rerun sends nothing."""
-    fill_spool(tmp_path, mixpanel, 10)
+    fill_spool(tmp_path, mixpanel, 10, batch=5)
     with LocalMixpanel(token=mixpanel.token) as healthy:
         result = cli("spool", "replay", str(tmp_path), env=healthy.env())
         assert result.returncode == 0, result.stderr
@@ -293,7 +272,7 @@ def test_spool_replay_sends_once_with_progress(tmp_path: Path, mixpanel: LocalMi
 
 def test_spool_replay_says_why_records_remain(tmp_path: Path, mixpanel: LocalMixpanel) -> None:
     """Mixpanel still down, or credentials refused: exit 1, how many remain, and why."""
-    fill_spool(tmp_path, mixpanel, 5)  # leaves the 503s scripted: Mixpanel is still down
+    fill_spool(tmp_path, mixpanel, 5, batch=5)  # leaves the 503s scripted: Mixpanel is still down
     down = assert_one_line_error(cli("spool", "replay", str(tmp_path), "--timeout", "0.5",
                                      env=mixpanel.env()))
     assert "10 records remain" in down and "503 (Service Unavailable)" in down
@@ -305,7 +284,7 @@ def test_spool_replay_says_why_records_remain(tmp_path: Path, mixpanel: LocalMix
 
 def test_spool_replay_interrupted_then_rerun(tmp_path: Path, mixpanel: LocalMixpanel) -> None:
     """Ctrl-C mid-replay exits 1 saying so; a rerun sends the rest: none twice, none lost."""
-    fill_spool(tmp_path, mixpanel, 20)
+    fill_spool(tmp_path, mixpanel, 20, batch=5)
     with LocalMixpanel(token=mixpanel.token) as healthy:
         healthy.latency = 0.3  # slow enough to interrupt between batches
         running = Running("spool", "replay", str(tmp_path), env=healthy.env())

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel._spool import Spool
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import emit
 
 FAST = RetryPolicy(initial=0.05, maximum=0.1, jitter=(0, 0), outage_pause=60)
 
@@ -31,15 +32,6 @@ def pipeline(exporter: MixpanelSpanExporter) -> TracerProvider:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
     return provider
-
-
-def emit(provider: TracerProvider, count: int, prefix: str = "E") -> None:
-    tracer = provider.get_tracer("t")
-    for i in range(count):
-        with tracer.start_as_current_span("s") as span:
-            span.set_attribute("mixpanel.event", f"{prefix}{i}")
-            span.set_attribute("mixpanel.distinct_id", "u")
-            span.set_attribute(f"mixpanel.people.add.{prefix}{i}", 1)
 
 
 def finishes(action: Callable[[], object], limit: float = 30.0) -> bool:

@@ -5,32 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel.spool import replay_spool, spool_status
 from otel_mixpanel.testing import LocalMixpanel
-
-FAST = RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0), outage_pause=60)
-
-
-def fill_spool(directory: Path, mixpanel: LocalMixpanel, count: int) -> None:
-    """Export while Mixpanel refuses every request, so everything is spooled."""
-    mixpanel.fail_next(10_000, status=503)
-    exporter = MixpanelSpanExporter(
-        token=mixpanel.token, api_host=mixpanel.url, timeout=0.2, retry_policy=FAST,
-        spool_dir=str(directory),
-    )
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=10))
-    tracer = provider.get_tracer("t")
-    for i in range(count):
-        with tracer.start_as_current_span("s") as span:
-            span.set_attribute("mixpanel.event", f"E{i}")
-            span.set_attribute("mixpanel.distinct_id", "u")
-            span.set_attribute(f"mixpanel.people.add.n{i}", 1)
-    provider.shutdown()
+from tests.helpers import FAST, fill_spool
 
 
 def test_status_then_replay_delivers_once(tmp_path: Path, mixpanel: LocalMixpanel) -> None:

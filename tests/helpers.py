@@ -1,0 +1,39 @@
+"""Test helpers shared by several test modules: tagged spans and a filled spool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
+from otel_mixpanel.testing import LocalMixpanel
+
+# Short backoffs for tests; users keep Mixpanel's real ones.
+FAST = RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0), outage_pause=60)
+
+
+def emit(provider: TracerProvider, count: int, prefix: str = "E", counter: str = "") -> None:
+    """*count* spans, each an event ``{prefix}{i}`` of user ``u`` that adds 1 to
+    the profile property ``{counter or prefix}{i}`` (so each update is visible)."""
+    tracer = provider.get_tracer("t")
+    for i in range(count):
+        with tracer.start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.event", f"{prefix}{i}")
+            span.set_attribute("mixpanel.distinct_id", "u")
+            span.set_attribute(f"mixpanel.people.add.{counter or prefix}{i}", 1)
+
+
+def fill_spool(directory: Path, mixpanel: LocalMixpanel, count: int, batch: int = 10) -> None:
+    """Export while Mixpanel refuses every request (the 503s stay scripted), so
+    *count* events and *count* profile updates (``n0``, ``n1``, ...) are spooled."""
+    mixpanel.fail_next(10_000, status=503)
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, timeout=0.2, retry_policy=FAST,
+        spool_dir=str(directory),
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=batch))
+    emit(provider, count, counter="n")
+    provider.shutdown()
