@@ -70,3 +70,14 @@ def test_framework_example_runs(name: str) -> None:
         assert f"Signed Up              {user}" in result.stdout
         assert f"Purchased              {user}" in result.stdout
         assert f"profile {user}: {{'plan'" in result.stdout
+
+
+def test_worker_example() -> None:
+    """Forked workers send their own events once; the parent's queued event is
+    not sent twice; each short-lived worker flushes before exiting."""
+    result = run_example("worker.py")
+    assert result.returncode == 0, result.stderr
+    assert "Parent Started received 1 time(s)" in result.stdout
+    assert "Job Done received 6 time(s)" in result.stdout
+    assert "profile worker-0: {'jobs': 3}" in result.stdout
+    assert "profile worker-1: {'jobs': 3}" in result.stdout
