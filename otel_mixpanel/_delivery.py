@@ -30,7 +30,7 @@ from otel_mixpanel._stats import Stats
 from otel_mixpanel._transport import HTTPResponse, RequestsTransport, Transport
 from otel_mixpanel._version import __version__
 
-GZIP_LEVEL = 6
+GZIP_LEVEL = 1  # by measurement: see docs/performance.md (level 6: 2.5x the CPU, 13 % smaller)
 KIND = {
     Endpoint.IMPORT: "events",
     Endpoint.ENGAGE: "profile_updates",

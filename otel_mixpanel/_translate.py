@@ -9,6 +9,7 @@ Mixpanel-specific about the attributes happens here, through the table in
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,10 @@ _IDENTITY_FIELDS = (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
 # Set only from their own keys; a same-named property is ignored (and counted).
 _RESERVED_EVENT_PROPERTIES = ("time", "distinct_id", "$insert_id")
 _NAME_OF_FIELD = {key.field: key.name for key in c.KEYS}
+# c.lookup is pure: its answers, by attribute name. Bounded, as names may be
+# made up at run time (mixpanel.properties.<anything>).
+_LOOKUPS: Dict[str, Tuple[Optional[c.Key], Optional[str]]] = {}
+_MAX_LOOKUPS = 4096
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,23 @@ class Record:
 
 
 def is_tagged(attributes: Optional[Mapping[str, Any]]) -> bool:
-    """Whether any attribute belongs to the convention: the cheap skip test."""
+    """Whether any attribute belongs to the convention: the cheap skip test.
+
+    Runs for every span and record, tagged or not, so the loop is in C:
+    ``map``/``any`` over the names, no Python frame per attribute.
+    """
     if not attributes:
         return False
-    prefixes = c.PREFIXES
-    return any(name.startswith(prefixes) for name in attributes)
+    # The SDK's BoundedAttributes iterates through a Python-level __iter__;
+    # its plain dict (when there is one) has the same keys in the same order.
+    names = getattr(attributes, "_dict", None)
+    if type(names) is not dict:
+        names = attributes
+    try:
+        return any(map(str.startswith, names, itertools.repeat(c.PREFIXES)))
+    except (RuntimeError, TypeError):  # changed while read, or a name that is not a str
+        prefixes = c.PREFIXES
+        return any(name.startswith(prefixes) for name in attributes)
 
 
 def carries_messages(attributes: Mapping[str, Any]) -> bool:
@@ -72,8 +89,21 @@ def parse(attributes: Mapping[str, Any], stats: Stats) -> Dict[str, Any]:
     (``mixpanel.properties.plan``) wins over a mapping on the key itself.
     """
     fields: Dict[str, Any] = {}
-    for name, value in attributes.items():
-        if name.startswith(c.PREFIX):
+    prefix, lookups = c.PREFIX, _LOOKUPS
+    for name, value in _plain_items(attributes):
+        if name.startswith(prefix):
+            # The common cases of _assign, inline; the rest (and errors) there.
+            key, sub = lookups.get(name) or _lookup(name)
+            if key is not None:
+                if sub is not None:  # only keyed keys have a sub-name
+                    keyed = fields.get(key.field)
+                    if keyed is None:
+                        keyed = fields[key.field] = {}
+                    keyed[sub] = value
+                    continue
+                if not key.keyed:
+                    fields[key.field] = value
+                    continue
             _assign(fields, name, value, stats)
         elif name.startswith(c.UNDERSCORE_PREFIX):
             for dotted, inner_value in c.dotted_names(name, value):
@@ -84,8 +114,25 @@ def parse(attributes: Mapping[str, Any], stats: Stats) -> Dict[str, Any]:
     return fields
 
 
+def _plain_items(attributes: Mapping[str, Any]) -> Any:
+    """``attributes.items()``, read from the SDK's BoundedAttributes' own dict
+    when there is one (its Mapping methods run in Python, per key)."""
+    inner = getattr(attributes, "_dict", None)
+    return inner.items() if type(inner) is dict else attributes.items()
+
+
+def _lookup(name: str) -> Tuple[Optional[c.Key], Optional[str]]:
+    found = _LOOKUPS.get(name)
+    if found is None:
+        found = c.lookup(name)
+        if len(_LOOKUPS) >= _MAX_LOOKUPS:
+            _LOOKUPS.clear()
+        _LOOKUPS[name] = found
+    return found
+
+
 def _assign(fields: Dict[str, Any], name: str, value: Any, stats: Stats) -> None:
-    key, sub = c.lookup(name)
+    key, sub = _lookup(name)
     if key is None:
         stats.dropped("unknown_key", detail=name)
     elif not key.keyed:
@@ -206,6 +253,8 @@ def _event_time(override: Any, default_ms: int, stats: Stats) -> int:
 
 
 def _properties(value: Any) -> Dict[str, Any]:
+    if value is None:  # the common case: the key is absent (skips the ABC check)
+        return {}
     return dict(value) if isinstance(value, Mapping) else {}
 
 
@@ -305,7 +354,10 @@ def _keyed_operations(
     """The ``$set``-like operations present, each with its name → value mapping."""
     operations: List[Tuple[str, Any]] = []
     for field_name, operation in table.items():
-        values = _properties(fields.get(field_name))
+        raw = fields.get(field_name)
+        if raw is None:
+            continue
+        values = _properties(raw)
         if operation == "$add":
             values = _numbers_only(values, stats)
         elif operation == "$union":

@@ -54,9 +54,19 @@ class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
 
     def _records(self, spans: Sequence[ReadableSpan]) -> Iterator[Record]:
         for span in spans:
-            attributes = span.attributes or {}
+            # The SDK span's own attributes and events when it has them: its public
+            # properties copy (a MappingProxy whose reads run in Python, a tuple
+            # taken under a lock), and an untagged span must cost next to nothing.
+            attributes = getattr(span, "_attributes", None)
+            if attributes is None:
+                attributes = span.attributes or {}
             tagged = is_tagged(attributes)
-            events = [event for event in span.events if is_tagged(event.attributes)]
+            raw_events = getattr(span, "_events", None)
+            events = (
+                [event for event in span.events if is_tagged(event.attributes)]
+                if raw_events is None or len(raw_events)
+                else []
+            )
             if not tagged and not events:
                 continue
             context = span.context
@@ -70,7 +80,7 @@ class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
                     attributes, end // 1_000_000, seed, 0, trace_id, span_id,
                     duration=(end - start) / 1e9, resource=resource,
                 )
-            for position, event in enumerate(span.events, start=1):
+            for position, event in enumerate(span.events if events else (), start=1):
                 if event in events:
                     yield Record(
                         event.attributes or {}, event.timestamp // 1_000_000, seed, position,
