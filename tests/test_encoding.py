@@ -1,0 +1,85 @@
+"""orjson, when installed, must give the very bytes json.dumps gives."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otel_mixpanel import _batch
+from otel_mixpanel._model import Event
+from otel_mixpanel._stats import Stats
+
+pytest.importorskip("orjson")
+
+
+def reference(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(min_value=1e-12, max_value=1e-3), st.text(),
+    st.text(alphabet="\x00\x1f\x7f\u2028\u2029\"\\e-0."),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(), values, max_size=8))
+def test_dumps_is_json_dumps_or_declines(payload: Any) -> None:
+    fast = _batch.dumps(payload)
+    assert fast is None or fast == reference(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text(), scalars, max_size=8),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_encode_gives_the_same_bytes_with_or_without_orjson(
+    properties: Any, duration: float
+) -> None:
+    event = Event("E", {**properties, "$duration": duration, "time": 1, "distinct_id": "u"})
+    with_orjson = _batch.encode(event, None, Stats())
+    saved = _batch._orjson
+    _batch._orjson = None
+    try:
+        without = _batch.encode(event, None, Stats())
+    finally:
+        _batch._orjson = saved
+    assert with_orjson == without
+
+
+@pytest.mark.parametrize("value", [1e-5, 5.1687e-05, 2.5e-7, 1e-9, 1e16, 1e22, -0.0, 2**63, 2**64])
+def test_numbers_json_and_orjson_spell_differently_are_left_to_json(value: Any) -> None:
+    payload = {"event": "E", "properties": {"$duration": value, "x": value}}
+    fast = _batch.dumps(payload)
+    assert fast is None or fast == reference(payload)
+
+
+def test_a_short_span_duration_stays_on_the_fast_path() -> None:
+    event = Event("E", {"$duration": 5.1687e-05, "time": 1, "distinct_id": "u"})
+    payload = _batch._with_exact_duration(event.payload(None))
+    assert _batch.dumps(payload) == reference(event.payload(None))
+
+
+def test_not_a_number_is_still_refused() -> None:
+    stats = Stats()
+    assert _batch.encode(Event("E", {"x": math.nan}), None, stats) is None
+    assert stats.snapshot()["dropped"] == {"unserialisable": 1}
+
+
+def test_lone_surrogates_take_the_json_path() -> None:
+    stats = Stats()
+    record = _batch.encode(Event("E", {"x": "\ud800"}), None, stats)
+    assert record == b'{"event":"E","properties":{"x":"\\\\ud800"}}'
