@@ -29,10 +29,51 @@ __all__ = ["MixpanelPipeline", "configure"]
 _logger = logging.getLogger(__name__)
 
 # Sized for bursts: 20 000 events offered as fast as a thread can go are all
-# kept (see docs/performance.md); a queued span costs about 1-2 kB.
-DEFAULT_MAX_QUEUE_SIZE = 32_768
+# kept even if the worker is stalled (see docs/performance.md); a queued tagged
+# span costs about 3.5 kB, so a full queue holds about 70 MiB per signal.
+DEFAULT_MAX_QUEUE_SIZE = 20_480
 DEFAULT_MAX_EXPORT_BATCH_SIZE = 1_000
 DEFAULT_SCHEDULE_DELAY_MILLIS = 1_000
+QUEUE_FULL = "queue_full"
+_QUEUE_FULL_DETAIL = "the batch processor's queue was full; raise max_queue_size"
+
+
+def _queue_is_full(processor: Any) -> bool:
+    """Whether the SDK's batch queue is full, so the next item evicts one.
+
+    Reads the SDK's internal deque (one ``len``, no lock); an SDK without it
+    counts nothing and its own "Queue full" log line remains.
+    """
+    queue = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
+    maxlen = getattr(queue, "maxlen", None)
+    return maxlen is not None and len(queue) >= maxlen  # type: ignore[arg-type]
+
+
+class _CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's processor, plus a count of what its full queue drops
+    (``stats()["dropped"]["queue_full"]``, one log line a minute)."""
+
+    def __init__(self, exporter: MixpanelSpanExporter, **settings: Any) -> None:
+        super().__init__(exporter, **settings)
+        self._mixpanel_stats = exporter._stats
+
+    def on_end(self, span: Any) -> None:
+        if span.context.trace_flags.sampled and _queue_is_full(self):
+            self._mixpanel_stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
+        super().on_end(span)
+
+
+class _CountingBatchLogRecordProcessor(BatchLogRecordProcessor):
+    """Likewise for log records."""
+
+    def __init__(self, exporter: MixpanelLogExporter, **settings: Any) -> None:
+        super().__init__(exporter, **settings)
+        self._mixpanel_stats = exporter._stats
+
+    def on_emit(self, log_record: Any) -> None:
+        if _queue_is_full(self):
+            self._mixpanel_stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
+        super().on_emit(log_record)
 
 _configured: weakref.WeakKeyDictionary[Any, MixpanelPipeline] = weakref.WeakKeyDictionary()
 _configure_lock = threading.Lock()
@@ -144,12 +185,18 @@ def configure(
         span_exporter = MixpanelSpanExporter(**exporter_settings)
         log_exporter = MixpanelLogExporter(**exporter_settings)
         # Keywords only: the two constructors order their arguments differently.
-        span_processor = BatchSpanProcessor(
+        span_processor = _CountingBatchSpanProcessor(
             span_exporter, max_queue_size=max_queue_size,
             max_export_batch_size=max_export_batch_size,
             schedule_delay_millis=schedule_delay_millis,
         )
-        log_processor = BatchLogRecordProcessor(
+        # SDKs before on_emit (they call emit) get the plain processor, uncounted.
+        log_processor_type = (
+            _CountingBatchLogRecordProcessor
+            if "on_emit" in vars(BatchLogRecordProcessor)
+            else BatchLogRecordProcessor
+        )
+        log_processor = log_processor_type(
             log_exporter, max_queue_size=max_queue_size,
             max_export_batch_size=max_export_batch_size,
             schedule_delay_millis=schedule_delay_millis,
