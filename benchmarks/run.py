@@ -1,0 +1,737 @@
+"""The performance table: our pipeline and the peer SDKs, side by side, in one run.
+
+    python benchmarks/run.py [--quick] [--no-write]
+
+Every figure is measured in this run, and every ratio is against a baseline
+measured in this run (the machine is shared and noisy: compare ratios, not
+absolute figures between runs). The local Mixpanel and the peers' sink run in
+other processes, so their parsing never shares our GIL. The table is printed
+and written into docs/performance.md between the ``perf-table`` markers.
+Peers are optional: ``pip install mixpanel segment-analytics-python posthog``
+(a missing one is reported as such). Needs no network beyond loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import gzip
+import http.server
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a fresh clone
+    sys.path.insert(0, str(ROOT))
+
+from opentelemetry.sdk._logs import LoggerProvider  # noqa: E402
+from opentelemetry.sdk.resources import Resource  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import (  # noqa: E402
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+
+import otel_mixpanel  # noqa: E402
+from otel_mixpanel import (  # noqa: E402  # noqa: E402
+    MixpanelIdentitySpanProcessor,
+    MixpanelSpanExporter,
+    _batch,
+    _configure,
+    _delivery,
+)
+from otel_mixpanel._translate import translate  # noqa: E402
+from otel_mixpanel._transport import HTTPResponse, RequestsTransport, Transport  # noqa: E402
+
+PROPERTIES: Dict[str, Any] = {
+    "plan": "pro", "seats": 12, "price": 29.99, "currency": "EUR", "coupon": "WELCOME10",
+    "trial": False, "source": "landing-page", "campaign": "autumn-2026", "country": "DE",
+    "referrer": "https://example.com/blog/analytics",
+}
+TAGGED = {f"mixpanel.properties.{k}": v for k, v in PROPERTIES.items()}
+BURST = 20_000
+DOC = ROOT / "docs" / "performance.md"
+START, END = "<!-- perf-table -->", "<!-- /perf-table -->"
+
+
+# ---------------------------------------------------------------- servers (other processes)
+
+
+def _sink_main(conn: Connection) -> None:
+    """A tiny HTTP/1.1 sink answering 200 {"status":1}: the peers' server."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else headers, then body: 40 ms delayed ACK
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            body = b'{"status":1}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    conn.send(server.server_address[1])
+    import threading  # noqa: PLC0415
+
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    conn.recv()
+
+
+def _local_main(conn: Connection) -> None:
+    """A LocalMixpanel answering commands: count, latency, stop."""
+    from otel_mixpanel.testing import LocalMixpanel, _http  # noqa: PLC0415
+
+    # Its answers go out as two writes (headers, body): without TCP_NODELAY every
+    # request on a kept-alive connection waits for the client's 40 ms delayed ACK.
+    _http._Handler.disable_nagle_algorithm = True
+
+    with LocalMixpanel(max_records=2000) as server:
+        conn.send((server.url, server.token))
+        while True:
+            command, argument = conn.recv()
+            if command == "count":
+                conn.send(len(server._events))
+            elif command == "latency":
+                server.latency = float(argument)
+                conn.send(True)
+            elif command == "clear":
+                server.clear()
+                conn.send(True)
+            else:
+                conn.send(True)
+                return
+
+
+class Child:
+    """A server in another process, spoken to over a pipe."""
+
+    def __init__(self, target: Callable[[Connection], None]) -> None:
+        self.conn, child = multiprocessing.Pipe()
+        self.process = multiprocessing.Process(target=target, args=(child,), daemon=True)
+        self.process.start()
+        self.hello = self.conn.recv()
+
+    def ask(self, command: str, argument: Any = None) -> Any:
+        self.conn.send((command, argument))
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop", None))
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class NoopSpanExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class NullTransport(Transport):
+    """Answers every /import like Mixpanel, without a network: worker CPU only."""
+
+    def post(
+        self, url: str, body: bytes, headers: Any, timeout: float
+    ) -> HTTPResponse:
+        raw = gzip.decompress(body) if headers.get("Content-Encoding") == "gzip" else body
+        count = raw.count(b'{"event":')
+        return HTTPResponse(200, b'{"code":200,"num_records_imported":%d,"status":"OK"}' % count)
+
+
+def emit_tagged(tracer: Any, i: int, properties: Optional[Dict[str, Any]] = None) -> None:
+    with tracer.start_as_current_span("checkout") as span:
+        span.set_attribute("mixpanel.event", "Purchased")
+        span.set_attribute("mixpanel.distinct_id", f"user-{i % 1000}")
+        for name, value in (properties if properties is not None else TAGGED).items():
+            span.set_attribute(name, value)
+
+
+def emit_bare(tracer: Any, i: int) -> None:
+    with tracer.start_as_current_span("checkout") as span:
+        for name, value in PROPERTIES.items():
+            span.set_attribute(name, value)
+
+
+def per_event(action: Callable[[int], Any], count: int) -> Tuple[float, float]:
+    """(wall µs, caller-thread CPU µs) per call of *action*."""
+    gc.collect()
+    wall, cpu = time.perf_counter(), time.thread_time()
+    for i in range(count):
+        action(i)
+    return (
+        (time.perf_counter() - wall) / count * 1e6,
+        (time.thread_time() - cpu) / count * 1e6,
+    )
+
+
+def finished_spans(count: int, properties: Optional[Dict[str, Any]] = None, *,
+                   tagged: bool = True) -> List[ReadableSpan]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "bench"}),
+        span_limits=SpanLimits(max_span_attributes=512),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("bench")
+    for i in range(count):
+        (emit_tagged(tracer, i, properties) if tagged else emit_bare(tracer, i))
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def best(repeats: int, measure: Callable[[], float]) -> float:
+    """The least of *repeats* measurements: the noise on a shared machine only adds."""
+    return min(measure() for _ in range(repeats))
+
+
+def machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+        f"load average {load:.2f} at start; orjson "
+        f"{'installed' if _batch._orjson is not None else 'absent'}; "
+        f"gzip level {_delivery.GZIP_LEVEL}"
+    )
+
+
+def wait_for(local: Child, target: int, timeout: float = 60) -> int:
+    end = time.monotonic() + timeout
+    count = local.ask("count")
+    while count < target and time.monotonic() < end:
+        time.sleep(0.05)
+        count = local.ask("count")
+    return int(count)
+
+
+def providers() -> Tuple[TracerProvider, LoggerProvider]:
+    resource_ = Resource.create({"service.name": "bench"})
+    return TracerProvider(resource=resource_), LoggerProvider(resource=resource_)
+
+
+# ---------------------------------------------------------------- 1. caller cost
+
+
+Row = Tuple[str, float, float, str]
+
+
+def caller_costs(local: Child, sink: Optional[Child], n: int) -> List[Row]:
+    url, token = local.hello
+    rows: List[Tuple[str, float, float, str]] = []
+
+    # The baseline: the SDK alone, a no-op exporter.
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+    provider.add_span_processor(BatchSpanProcessor(NoopSpanExporter()))
+    tracer = provider.get_tracer("bench")
+    per_event(lambda i: emit_bare(tracer, i), 2000)
+    wall, cpu = per_event(lambda i: emit_bare(tracer, i), n)
+    rows.append(("OTel span + 10 attributes, BatchSpanProcessor, no-op exporter", wall, cpu,
+                 "baseline"))
+    per_event(lambda i: emit_tagged(tracer, i), 2000)
+    wall, cpu = per_event(lambda i: emit_tagged(tracer, i), n)
+    rows.append(("tagged span (12 mixpanel.* attributes), same no-op pipeline", wall, cpu,
+                 "tagged baseline"))
+    provider.shutdown()
+
+    # Ours: configure()'s processors, our exporter, LocalMixpanel in another process.
+    tracer_provider, logger_provider = providers()
+    pipeline = otel_mixpanel.configure(
+        tracer_provider=tracer_provider, logger_provider=logger_provider,
+        token=token, api_host=url,
+    )
+    tracer = tracer_provider.get_tracer("bench")
+    per_event(lambda i: emit_tagged(tracer, i), 2000)
+    pipeline.force_flush(30_000)
+    wall, cpu = per_event(lambda i: emit_tagged(tracer, i), n)
+    pipeline.force_flush(30_000)
+    rows.append(("tagged span, configure() → our exporter → local Mixpanel", wall, cpu, "ours"))
+    pipeline.shutdown(30_000)
+
+    # structlog and stdlib logging, through configure(structlog=True, logging=True).
+    import structlog  # noqa: PLC0415
+
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()],
+        logger_factory=structlog.ReturnLoggerFactory(),
+    )
+    tracer_provider, logger_provider = providers()
+    pipeline = otel_mixpanel.configure(
+        tracer_provider=tracer_provider, logger_provider=logger_provider,
+        structlog=True, logging=True, token=token, api_host=url,
+    )
+    log = structlog.get_logger("bench")
+
+    def structlog_event(i: int) -> None:
+        log.info("paid", mixpanel_event="Purchased", mixpanel_distinct_id=f"user-{i % 1000}",
+                 mixpanel_properties=PROPERTIES)
+
+    per_event(structlog_event, 2000)
+    pipeline.force_flush(30_000)
+    wall, cpu = per_event(structlog_event, n)
+    pipeline.force_flush(30_000)
+    rows.append(("structlog event, configure(structlog=True) → local Mixpanel", wall, cpu,
+                 "ours"))
+    stdlib = logging.getLogger("bench.shop")
+
+    def log_record(i: int) -> None:
+        extra = {"mixpanel.event": "Purchased", "mixpanel.distinct_id": f"user-{i % 1000}"}
+        extra.update(TAGGED)
+        stdlib.warning("paid", extra=extra)
+
+    per_event(log_record, 2000)
+    pipeline.force_flush(30_000)
+    wall, cpu = per_event(log_record, n)
+    pipeline.force_flush(30_000)
+    rows.append(("stdlib log record, configure(logging=True) → local Mixpanel", wall, cpu,
+                 "ours"))
+    pipeline.shutdown(30_000)
+    structlog.reset_defaults()
+    if sink is not None:
+        rows.extend(peer_costs(sink, n))
+    return rows
+
+
+class _Refusals(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "queue is full" in record.getMessage().lower():
+            self.count += 1
+
+
+def peer_costs(sink: Child, n: int) -> List[Tuple[str, float, float, str]]:
+    host = f"http://127.0.0.1:{sink.hello}"
+    rows: List[Tuple[str, float, float, str]] = []
+    refusals = _Refusals()
+    root = logging.getLogger()
+    root.addHandler(refusals)
+    try:
+        try:
+            import mixpanel  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+
+            urls = {f"{k}_url": f"{host}/{k}" for k in ("events", "people", "import", "groups")}
+            for label, consumer, count in (
+                ("mixpanel-python Consumer (sync HTTP)", mixpanel.Consumer(**urls), n // 20),
+                ("mixpanel-python BufferedConsumer(50)",
+                 mixpanel.BufferedConsumer(50, **urls), n),
+            ):
+                client = mixpanel.Mixpanel("token", consumer=consumer)
+                def track(i: int, c: Any = client) -> Any:
+                    return c.track(f"user-{i % 1000}", "Purchased", PROPERTIES)
+
+                per_event(track, 50)
+                wall, cpu = per_event(track, count)
+                if isinstance(consumer, mixpanel.BufferedConsumer):
+                    consumer.flush()
+                rows.append((label, wall, cpu, f"{count} events"))
+        except ImportError:
+            rows.append(("mixpanel-python: not installed", float("nan"), float("nan"), ""))
+        for label, module, factory in (
+            ("segment-analytics-python", "segment.analytics", "Client"),
+            ("posthog", "posthog", "Posthog"),
+        ):
+            try:
+                imported = __import__(module, fromlist=[factory])
+            except ImportError:
+                rows.append((f"{label}: not installed", float("nan"), float("nan"), ""))
+                continue
+            client = getattr(imported, factory)("key", host=host)
+            if label == "posthog":
+                def send(i: int, c: Any = client) -> Any:
+                    return c.capture(
+                        "Purchased", distinct_id=f"user-{i % 1000}", properties=PROPERTIES)
+            else:
+                def send(i: int, c: Any = client) -> Any:
+                    return c.track(
+                        user_id=f"user-{i % 1000}", event="Purchased", properties=PROPERTIES)
+            refusals.count = 0
+            wall, cpu = per_event(send, BURST)
+            refused = refusals.count
+            client.flush()
+            client.shutdown()
+            rows.append((label, wall, cpu,
+                         f"{refused / BURST:.0%} of a {BURST}-event burst refused (queue full)"))
+    finally:
+        root.removeHandler(refusals)
+    return rows
+
+
+# ---------------------------------------------------------------- 2. worker cost
+
+
+def worker_costs(local: Child, n: int, repeats: int) -> Dict[str, float]:
+    url, token = local.hello
+    spans = finished_spans(n)
+    exporter = MixpanelSpanExporter(token=token, api_host=url, transport=NullTransport())
+    stats, delivery = exporter._stats, exporter._delivery
+    out: Dict[str, float] = {}
+
+    def stage(action: Callable[[], Any]) -> float:
+        def once() -> float:
+            start = time.perf_counter()
+            action()
+            return (time.perf_counter() - start) / n * 1e6
+        return best(repeats, once)
+
+    records = list(exporter._records(spans))
+    out["translate"] = stage(
+        lambda: [m for r in exporter._records(spans) for m in translate(r, stats)]
+    )
+    messages = [m for r in records for m in translate(r, stats)]
+    out["limits"] = stage(lambda: delivery._limits.apply(messages))
+    limited = delivery._limits.apply(messages)
+    out["serialise"] = stage(lambda: _batch.make_batches(limited, token, stats))
+    bodies = [b.body() for b in _batch.make_batches(limited, token, stats)]
+    out["compress"] = stage(lambda: [gzip.compress(b, _delivery.GZIP_LEVEL) for b in bodies])
+    for level in (1, 6, 9):
+        out[f"gzip level {level}"] = stage(
+            lambda lv=level: [gzip.compress(b, lv) for b in bodies]  # type: ignore[misc]
+        )
+        raw = sum(map(len, bodies))
+        out[f"gzip level {level} ratio"] = sum(len(gzip.compress(b, level)) for b in bodies) / raw
+    compressed = [gzip.compress(b, _delivery.GZIP_LEVEL) for b in bodies]
+    transport = RequestsTransport()
+    headers = dict(delivery._import_headers)
+    transport.post(f"{url}/import?strict=1", compressed[0], headers, 30)
+    out["send"] = stage(
+        lambda: [transport.post(f"{url}/import?strict=1", b, headers, 30) for b in compressed]
+    )
+    transport.close()
+    payloads = [m.payload(token) for m in limited]
+    out["floor json"] = stage(lambda: [
+        json.dumps(p, ensure_ascii=False, separators=(",", ":")).encode() for p in payloads
+    ])
+    out["floor"] = out["floor json"] + out["compress"]
+    out["export() total, no network"] = stage(
+        lambda: [exporter.export(spans[o:o + 1000]) for o in range(0, n, 1000)]
+    )
+    untagged = finished_spans(n, tagged=False)
+    out["untagged span"] = stage(lambda: exporter.export(untagged))
+    exporter.shutdown()
+    return out
+
+
+# ---------------------------------------------------------------- 3. bursts, throughput
+
+
+def burst(local: Child, how: str) -> Tuple[int, int, int]:
+    """(offered, delivered, counted in stats) for a burst of BURST tagged spans."""
+    url, token = local.hello
+    local.ask("clear")
+    tracer_provider, logger_provider = providers()
+    counted = 0
+    if how == "configure":
+        pipeline = otel_mixpanel.configure(
+            tracer_provider=tracer_provider, logger_provider=logger_provider,
+            token=token, api_host=url,
+        )
+    else:  # what opentelemetry-instrument builds: the SDK's default processor
+        exporter = MixpanelSpanExporter(token=token, api_host=url)
+        tracer_provider.add_span_processor(MixpanelIdentitySpanProcessor())
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer = tracer_provider.get_tracer("bench")
+    sdk_logger = logging.getLogger("opentelemetry.sdk._shared_internal")
+    level = sdk_logger.level
+    sdk_logger.setLevel(logging.ERROR)  # its "Queue full" line, once per dropped span
+    try:
+        per_event(lambda i: emit_tagged(tracer, i), BURST)
+    finally:
+        sdk_logger.setLevel(level)
+    tracer_provider.force_flush(60_000)
+    delivered = local.ask("count")
+    if how == "configure":
+        counted = pipeline.stats()["spans"]["dropped"].get(_configure.QUEUE_FULL, 0)
+        pipeline.shutdown(30_000)
+    tracer_provider.shutdown()
+    return BURST, int(delivered), counted
+
+
+def throughput(local: Child, n: int, *, noop: bool = False, latency: float = 0.0) -> float:
+    """End-to-end events/s: first span started → last event accepted."""
+    url, token = local.hello
+    local.ask("clear")
+    local.ask("latency", latency)
+    tracer_provider, logger_provider = providers()
+    if noop:
+        tracer_provider.add_span_processor(MixpanelIdentitySpanProcessor())
+        tracer_provider.add_span_processor(BatchSpanProcessor(
+            NoopSpanExporter(), max_queue_size=_configure.DEFAULT_MAX_QUEUE_SIZE,
+            max_export_batch_size=_configure.DEFAULT_MAX_EXPORT_BATCH_SIZE,
+            schedule_delay_millis=_configure.DEFAULT_SCHEDULE_DELAY_MILLIS,
+        ))
+    else:
+        pipeline = otel_mixpanel.configure(
+            tracer_provider=tracer_provider, logger_provider=logger_provider,
+            token=token, api_host=url,
+        )
+    tracer = tracer_provider.get_tracer("bench")
+    gc.collect()
+    start = time.perf_counter()
+    for i in range(n):
+        emit_tagged(tracer, i)
+    tracer_provider.force_flush(120_000)
+    delivered = n if noop else wait_for(local, n)
+    elapsed = time.perf_counter() - start
+    if not noop:
+        pipeline.shutdown(30_000)
+    tracer_provider.shutdown()
+    local.ask("latency", 0.0)
+    return delivered / elapsed
+
+
+# ---------------------------------------------------------------- 4. growth
+
+
+def growth(local: Child, quick: bool) -> Dict[str, float]:
+    url, token = local.hello
+    out: Dict[str, float] = {}
+    spans = finished_spans(2000 if quick else 4000)
+    for size in (1, 10, 100, 512, 2000):
+        count = min(len(spans), size * 200) if size < 100 else len(spans)
+        exporter = MixpanelSpanExporter(token=token, api_host=url)
+        exporter.export(spans[:size])
+        start = time.perf_counter()
+        for offset in range(0, count, size):
+            exporter.export(spans[offset:offset + size])
+        out[f"batch {size}"] = (time.perf_counter() - start) / count * 1e6
+        null = MixpanelSpanExporter(token=token, api_host=url, transport=NullTransport())
+
+        def cpu(s: int = size, c: int = count, e: MixpanelSpanExporter = null) -> float:
+            begin = time.perf_counter()
+            for offset in range(0, c, s):
+                e.export(spans[offset:offset + s])
+            return (time.perf_counter() - begin) / c * 1e6
+
+        out[f"batch {size} cpu"] = best(3, cpu)
+        exporter.shutdown()
+        null.shutdown()
+    for width in (1, 10, 100):
+        props = {f"mixpanel.properties.p{k}": (f"value-{k}" if k % 2 else k) for k in range(width)}
+        wide = finished_spans(1000, props)
+        null = MixpanelSpanExporter(token=token, api_host=url, transport=NullTransport())
+
+        def once(e: MixpanelSpanExporter = null, w: List[ReadableSpan] = wide) -> float:
+            begin = time.perf_counter()
+            e.export(w)
+            return (time.perf_counter() - begin) / len(w) * 1e6
+
+        out[f"props {width}"] = best(3, once)
+        null.shutdown()
+    return out
+
+
+# ---------------------------------------------------------------- 5. memory during an outage
+
+
+def outage_child(events: int) -> None:
+    """Run in a subprocess: offer *events* tagged spans while Mixpanel is down."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:  # a port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    samples = []
+    with tempfile.TemporaryDirectory() as spool:
+        tracer_provider, logger_provider = providers()
+        pipeline = otel_mixpanel.configure(
+            tracer_provider=tracer_provider, logger_provider=logger_provider,
+            token="t", api_host=f"http://127.0.0.1:{port}", timeout=1,
+            spool_dir=spool, spool_max_bytes=16 * 1024 * 1024,
+        )
+        logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
+        tracer = tracer_provider.get_tracer("bench")
+        checkpoints = {events // 100, events // 10, events // 4, events // 2, events}
+        start = time.perf_counter()
+        for i in range(1, events + 1):
+            emit_tagged(tracer, i)
+            if i in checkpoints:
+                with open("/proc/self/statm") as statm:
+                    rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                samples.append((i, rss, peak))
+        elapsed = time.perf_counter() - start
+        stats = pipeline.stats()["spans"]
+        spool_bytes = sum(p.stat().st_size for p in Path(spool).rglob("*") if p.is_file())
+        pipeline.shutdown(5_000)
+    print(json.dumps({"samples": samples, "stats": stats, "spool_bytes": spool_bytes,
+                      "seconds": elapsed}))
+
+
+def outage(events: int) -> Dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--outage-child", str(events)],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------- the table
+
+
+def table(args: argparse.Namespace) -> str:
+    local = Child(_local_main)
+    try:
+        sink: Optional[Child] = Child(_sink_main)
+    except Exception:  # pragma: no cover
+        sink = None
+    lines: List[str] = []
+    add = lines.append
+    try:
+        n = 5_000 if args.quick else BURST
+        callers = caller_costs(local, sink, n)
+        worker = worker_costs(local, 2000, 3 if args.quick else 5)
+        bursts = {how: burst(local, how) for how in ("configure", "zero-code")}
+        events = 10_000 if args.quick else BURST
+        noop_rate = throughput(local, events, noop=True)
+        rate = throughput(local, events)
+        slow_rate = throughput(local, events, latency=0.020)
+        grow = growth(local, args.quick)
+    finally:
+        local.stop()
+        if sink is not None:
+            sink.stop()
+    memory = outage(100_000 if args.quick else 1_000_000)
+
+    base_wall, base_cpu = callers[0][1], callers[0][2]
+    tagged_wall, tagged_cpu = callers[1][1], callers[1][2]
+    add(f"Machine: {machine()}.\n")
+    add("**Caller thread, per event** (ratios against the first row; CPU = the calling "
+        "thread's own CPU time, wall includes waiting for the GIL held by workers)\n")
+    add("| pipeline | wall µs | ratio | caller CPU µs | ratio | note |")
+    add("|---|---|---|---|---|---|")
+    for name, wall, cpu, note in callers:
+        add(f"| {name} | {wall:.1f} | {wall / base_wall:.2f} | {cpu:.1f} | "
+            f"{cpu / base_cpu:.2f} | {note} |")
+    ours = callers[2]
+    share_cpu = (ours[2] / tagged_cpu - 1) * 100
+    share_wall = (ours[1] / tagged_wall - 1) * 100
+    add("")
+    add(f"Our processors' share of a tagged span's caller cost: CPU {share_cpu:+.1f} %, "
+        f"wall {share_wall:+.1f} % (target ≤ 5 %).\n")
+    add("**Worker, per tagged event** (best of several runs of 2000 spans)\n")
+    add("| stage | µs/event |")
+    add("|---|---|")
+    for key in ("translate", "limits", "serialise", "compress", "send"):
+        add(f"| {key} | {worker[key]:.2f} |")
+    cpu_total = sum(worker[k] for k in ("translate", "limits", "serialise", "compress"))
+    add(f"| **CPU total (translate … compress)** | **{cpu_total:.2f}** |")
+    add(f"| floor: json.dumps + gzip level {_delivery.GZIP_LEVEL} of the same records | "
+        f"{worker['floor']:.2f} |")
+    add(f"| ratio to the floor (target ≤ 2) | {cpu_total / worker['floor']:.2f} |")
+    add(f"| export() end to end without network (includes span reading) | "
+        f"{worker['export() total, no network']:.2f} |")
+    add(f"| untagged span, export() (target < 1 µs) | {worker['untagged span']:.3f} |")
+    add("")
+    add("gzip, µs/event and compressed/raw size: " + ", ".join(
+        f"level {lv}: {worker[f'gzip level {lv}']:.2f} µs, "
+        f"{worker[f'gzip level {lv} ratio']:.3f}" for lv in (1, 6, 9)) + ".\n")
+    add(f"**Bursts of {BURST} tagged spans as fast as the caller can go**\n")
+    add("| set-up | offered | delivered | lost | counted in stats() |")
+    add("|---|---|---|---|---|")
+    for how, label in (("configure", "configure() defaults (queue "
+                        f"{_configure.DEFAULT_MAX_QUEUE_SIZE}, batch "
+                        f"{_configure.DEFAULT_MAX_EXPORT_BATCH_SIZE}, "
+                        f"{_configure.DEFAULT_SCHEDULE_DELAY_MILLIS} ms)"),
+                       ("zero-code", "SDK default BatchSpanProcessor (2048, 512, 5 s)")):
+        offered, delivered, counted = bursts[how]
+        counted_text = str(counted) if how == "configure" else "no (SDK logs \"Queue full\")"
+        add(f"| {label} | {offered} | {delivered} | {offered - delivered} | {counted_text} |")
+    add("")
+    add(f"**End to end** ({events} tagged spans, first started → last accepted)\n")
+    add("| pipeline | events/s | ratio |")
+    add("|---|---|---|")
+    add(f"| same processors, no-op exporter | {noop_rate:,.0f} | 1.00 |")
+    add(f"| configure() → local Mixpanel | {rate:,.0f} | {rate / noop_rate:.2f} (target ≥ 0.80) |")
+    add(f"| the same, 20 ms added server latency per request | {slow_rate:,.0f} | "
+        f"{slow_rate / noop_rate:.2f} (target ≥ 10 000/s) |")
+    add("")
+    add("**Growth** (µs per event)\n")
+    add("| export batch size | 1 | 10 | 100 | 512 | 2000 |")
+    add("|---|---|---|---|---|---|")
+    add("| export() to local Mixpanel | " + " | ".join(
+        f"{grow[f'batch {s}']:.1f}" for s in (1, 10, 100, 512, 2000)) + " |")
+    add("| worker CPU (no network) | " + " | ".join(
+        f"{grow[f'batch {s} cpu']:.1f}" for s in (1, 10, 100, 512, 2000)) + " |")
+    add("")
+    add("| properties per event | 1 | 10 | 100 |")
+    add("|---|---|---|---|")
+    add("| worker CPU µs/event | " + " | ".join(
+        f"{grow[f'props {w}']:.1f}" for w in (1, 10, 100)) + " |")
+    add("| µs per property | " + " | ".join(
+        f"{grow[f'props {w}'] / w:.2f}" for w in (1, 10, 100)) + " |")
+    add("")
+    offered_total = memory["samples"][-1][0]
+    add(f"**Memory during an outage** ({offered_total:,} tagged spans offered, Mixpanel "
+        f"refusing connections, spool 16 MiB, configure() defaults; took "
+        f"{memory['seconds']:.0f} s)\n")
+    add("| offered | RSS MiB | peak RSS MiB |")
+    add("|---|---|---|")
+    for count, rss, peak in memory["samples"]:
+        add(f"| {count:,} | {rss / 2**20:.0f} | {peak / 2**20:.0f} |")
+    stats = memory["stats"]
+    add("")
+    add(f"stats() after the outage: spooled {stats.get('spooled', {})}, dropped "
+        f"{stats.get('dropped', {})}; spool on disk {memory['spool_bytes'] / 2**20:.1f} MiB.")
+    return "\n".join(lines)
+
+
+def write(text: str) -> None:
+    doc = DOC.read_text(encoding="utf-8") if DOC.exists() else f"# Performance\n\n{START}\n{END}\n"
+    head, _, rest = doc.partition(START)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts, a rough table")
+    parser.add_argument("--no-write", action="store_true", help="do not touch docs/performance.md")
+    parser.add_argument("--outage-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.outage_child:
+        outage_child(args.outage_child)
+        return
+    started = time.perf_counter()
+    text = table(args)
+    print(text)
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    if not args.no_write and not args.quick:
+        write(text)
+
+
+if __name__ == "__main__":
+    main()
