@@ -17,11 +17,26 @@ processors::
 
 from __future__ import annotations
 
-from typing import Any, List
+import inspect
+import os
+from typing import Any, List, Optional
 
-from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+from opentelemetry.sdk._configuration import _initialize_components, _OTelSDKConfigurator
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.environment_variables import (
+    OTEL_BLRP_MAX_QUEUE_SIZE,
+    OTEL_BSP_MAX_QUEUE_SIZE,
+)
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from otel_mixpanel._configure import (
+    DEFAULT_MAX_QUEUE_SIZE,
+    _CountingBatchLogRecordProcessor,
+    _CountingBatchSpanProcessor,
+)
 from otel_mixpanel.identity import MixpanelIdentityLogProcessor, MixpanelIdentitySpanProcessor
+from otel_mixpanel.logs import MixpanelLogExporter
+from otel_mixpanel.trace import MixpanelSpanExporter
 
 __all__ = ["MixpanelConfigurator"]
 
@@ -34,6 +49,33 @@ class MixpanelConfigurator(_OTelSDKConfigurator):
         log_processors: List[Any] = list(kwargs.pop("log_record_processors", None) or [])
         span_processors.insert(0, MixpanelIdentitySpanProcessor())
         log_processors.insert(0, MixpanelIdentityLogProcessor())
+        hooks = inspect.signature(_initialize_components).parameters
+        if "export_span_processor" in hooks and "export_log_record_processor" in hooks:
+            # Our exporters get configure()'s burst-sized queue (unless the
+            # variable sets one) and counted queue-full drops; others keep the SDK's.
+            kwargs.setdefault("export_span_processor", _span_processor)
+            kwargs.setdefault("export_log_record_processor", _log_processor)
         super()._configure(  # type: ignore[no-untyped-call]
             span_processors=span_processors, log_record_processors=log_processors, **kwargs
         )
+
+
+def _queue_size(variable: str) -> Optional[int]:
+    """None lets the SDK read the variable the user set; else our default."""
+    return None if os.environ.get(variable) else DEFAULT_MAX_QUEUE_SIZE
+
+
+def _span_processor(exporter: Any, *args: Any, **kwargs: Any) -> Any:
+    if isinstance(exporter, MixpanelSpanExporter):
+        return _CountingBatchSpanProcessor(
+            exporter, max_queue_size=_queue_size(OTEL_BSP_MAX_QUEUE_SIZE)
+        )
+    return BatchSpanProcessor(exporter, *args, **kwargs)
+
+
+def _log_processor(exporter: Any, *args: Any, **kwargs: Any) -> Any:
+    if isinstance(exporter, MixpanelLogExporter):
+        return _CountingBatchLogRecordProcessor(
+            exporter, max_queue_size=_queue_size(OTEL_BLRP_MAX_QUEUE_SIZE)
+        )
+    return BatchLogRecordProcessor(exporter, *args, **kwargs)
