@@ -182,6 +182,13 @@ def configure(
         if existing is not None:
             _logger.info("otel_mixpanel.configure() already ran for these providers")
             return existing
+        # Everything that can fail runs before a provider is touched: a failed
+        # call must leave nothing behind for the next call to add to.
+        hooks = []
+        if logging:
+            hooks.append(_logging_hook(logger_provider))
+        if structlog:
+            hooks.append(_structlog_hook(logger_provider))
         span_exporter = MixpanelSpanExporter(**exporter_settings)
         log_exporter = MixpanelLogExporter(**exporter_settings)
         # Keywords only: the two constructors order their arguments differently.
@@ -209,10 +216,7 @@ def configure(
             tracer_provider, logger_provider, span_exporter, log_exporter,
             [span_processor, log_processor],
         )
-        if logging:
-            pipeline._undo.append(_hook_logging(logger_provider))
-        if structlog:
-            pipeline._undo.append(_hook_structlog(logger_provider))
+        pipeline._undo.extend(hook() for hook in hooks)
         _configured[tracer_provider] = pipeline
         _configured[logger_provider] = pipeline
         return pipeline
@@ -246,7 +250,9 @@ def _global_logger_provider() -> LoggerProvider:
     return created
 
 
-def _hook_logging(logger_provider: LoggerProvider) -> Callable[[], None]:
+def _logging_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], None]]:
+    """Checks the handler is installed now; the returned function attaches it
+    and returns its undo."""
     try:
         from opentelemetry.instrumentation.logging.handler import (  # noqa: PLC0415
             LoggingHandler,
@@ -256,13 +262,19 @@ def _hook_logging(logger_provider: LoggerProvider) -> Callable[[], None]:
             "configure(logging=True) needs opentelemetry-instrumentation-logging: "
             "pip install 'otel-mixpanel[logging]'"
         ) from error
-    root = logging.getLogger()
-    handler = LoggingHandler(logger_provider=logger_provider)
-    root.addHandler(handler)
-    return lambda: root.removeHandler(handler)
+
+    def attach() -> Callable[[], None]:
+        root = logging.getLogger()
+        handler = LoggingHandler(logger_provider=logger_provider)
+        root.addHandler(handler)
+        return lambda: root.removeHandler(handler)
+
+    return attach
 
 
-def _hook_structlog(logger_provider: LoggerProvider) -> Callable[[], None]:
+def _structlog_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], None]]:
+    """Checks structlog is installed now; the returned function inserts our
+    processor before the renderer and returns its undo."""
     try:
         import structlog  # noqa: PLC0415
 
@@ -271,19 +283,23 @@ def _hook_structlog(logger_provider: LoggerProvider) -> Callable[[], None]:
         raise ConfigurationError(
             "configure(structlog=True) needs structlog: pip install 'otel-mixpanel[structlog]'"
         ) from error
-    processors = list(structlog.get_config()["processors"])
-    if any(isinstance(p, MixpanelProcessor) for p in processors):
-        return lambda: None
-    processor = MixpanelProcessor(logger_provider)
-    # Before the renderer, which is last by structlog's convention.
-    processors.insert(max(len(processors) - 1, 0), processor)
-    structlog.configure(processors=processors)
 
-    def undo() -> None:
-        current = list(structlog.get_config()["processors"])
-        structlog.configure(processors=[p for p in current if p is not processor])
+    def insert() -> Callable[[], None]:
+        processors = list(structlog.get_config()["processors"])
+        if any(isinstance(p, MixpanelProcessor) for p in processors):
+            return lambda: None
+        processor = MixpanelProcessor(logger_provider)
+        # Before the renderer, which is last by structlog's convention.
+        processors.insert(max(len(processors) - 1, 0), processor)
+        structlog.configure(processors=processors)
 
-    return undo
+        def undo() -> None:
+            current = list(structlog.get_config()["processors"])
+            structlog.configure(processors=[p for p in current if p is not processor])
+
+        return undo
+
+    return insert
 
 
 def _bounded(action: Callable[[], bool], timeout_millis: int) -> bool:

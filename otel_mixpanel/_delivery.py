@@ -109,6 +109,11 @@ class Delivery:
         self._closing = threading.Event()
         self._outage_until = float("-inf")
         self._sleep = sleep
+        # While the spool may hold records, new batches queue behind them (in
+        # the spool) so that nothing overtakes them: a replayed "$set plan=free"
+        # must not land after a newer "$set plan=pro". The replayer clears it.
+        self.backlog = spool is not None and spool.status().records > 0
+        self.spool_writes = 0
 
     def deliver(self, messages: Sequence[Message]) -> DeliveryResult:
         """Send *messages* within one deadline; never raises for anything
@@ -118,11 +123,13 @@ class Delivery:
         deadline = self._clock() + self._settings.timeout
         results: List[BatchResult] = []
         for batch in batches:
-            if self._in_outage() or self._closing.is_set():
+            waiting = self.backlog and self.spool is not None
+            if waiting or self._in_outage() or self._closing.is_set():
                 # Keep order: nothing may overtake a batch that is waiting.
                 result = BatchResult(
                     batch.endpoint, len(batch.records), 0, {},
-                    undelivered=tuple(range(len(batch.records))), error="Mixpanel unavailable",
+                    undelivered=tuple(range(len(batch.records))),
+                    error="queued behind the spool" if waiting else "Mixpanel unavailable",
                 )
             else:
                 result = self._send(batch, deadline)
@@ -135,7 +142,13 @@ class Delivery:
 
         The spool's ``send`` callback: records are never spooled again from here.
         """
-        batch = Batch.of_records(Endpoint(endpoint), records)
+        try:
+            target = Endpoint(endpoint)
+        except ValueError:
+            # Not ours to send (a damaged or foreign header): leave the spool, counted.
+            self.stats.dropped("spool_unknown_endpoint", len(records), detail=endpoint[:40])
+            return []
+        batch = Batch.of_records(target, records)
         if self._in_outage() or self._closing.is_set():
             return list(range(len(records)))
         result = self._send(batch, self._clock() + self._settings.timeout)
@@ -165,6 +178,11 @@ class Delivery:
 
     def _in_outage(self) -> bool:
         return self._clock() < self._outage_until
+
+    @property
+    def in_outage(self) -> bool:
+        """Whether Mixpanel failed recently and sends are paused."""
+        return self._in_outage()
 
     def _send(self, batch: Batch, deadline: float) -> BatchResult:
         """Attempts until every record is answered, the deadline, or shutdown."""
@@ -264,7 +282,7 @@ class Delivery:
         self._account(batch, result)
         if not result.undelivered:
             return
-        if result.status not in (401, 403):
+        if result.status not in (401, 403) and not self.backlog:
             self._outage_until = self._clock() + self._policy.outage_pause
         records = [batch.records[i] for i in result.undelivered]
         kind = KIND[batch.endpoint]
@@ -277,6 +295,8 @@ class Delivery:
         except (OSError, ValueError) as error:
             self.stats.dropped("spool_write_failed", len(records), detail=type(error).__name__)
             return
+        self.spool_writes += 1
+        self.backlog = True
         self.stats.spooled(kind, len(records), detail=result.error or "")
 
     def _account(self, batch: Batch, result: BatchResult) -> None:

@@ -126,7 +126,7 @@ class MixpanelExporterBase:
         self._replayer: Optional[threading.Thread] = None
         observe(self._stats, meter_provider)
         _reset_in_forked_child(self)
-        if spool is not None and spool.status().records:
+        if self._delivery.backlog:
             self._start_replay()
 
     def _properties_of_resource(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -144,7 +144,11 @@ class MixpanelExporterBase:
         """Translate and send; False after shutdown, on any error, or when a
         request went unanswered. Never raises."""
         if self._is_shut_down:
-            self._logger.warning("Mixpanel exporter already shut down; dropping the batch")
+            tagged = sum(1 for _ in records)
+            if tagged:
+                self._stats.dropped(
+                    "exporter_shut_down", tagged, detail="export() called after shutdown()"
+                )
             return False
         try:
             messages: List[Message] = []
@@ -157,7 +161,7 @@ class MixpanelExporterBase:
             if not messages:
                 return True
             delivered = self._delivery.deliver(messages).ok
-            if self._stats.has_spooled():
+            if self._delivery.backlog:
                 self._start_replay()  # keeps trying until Mixpanel takes it back
             return delivered
         except Exception:  # export must never raise into the batch processor
@@ -189,16 +193,25 @@ class MixpanelExporterBase:
         # Like the batch processors around export(): our HTTP calls make no spans.
         token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            while True:
+            while not self._is_shut_down:
+                writes_before = self._delivery.spool_writes
                 result = spool.replay(
                     self._delivery.replay, should_stop=lambda: self._is_shut_down
                 )
                 if result.error is not None:
                     self._logger.warning("Mixpanel spool replay stopped: %s", result.error)
-                self._stats.set_spool_waiting(result.kept_records)
-                # Mixpanel still down (or another process replaying): try again
-                # after the outage pause, until the spool is empty or we stop.
-                if not result.kept_records or self._delivery.wait_closed(self._retry_pause):
+                drained = not result.kept_records and not result.locked and not result.error
+                with self._lock:
+                    # Leave only if nothing was spooled during the pass; an export
+                    # that spools after this sees no replayer and starts one.
+                    if drained and self._delivery.spool_writes == writes_before:
+                        self._delivery.backlog = False
+                        self._replayer = None
+                        return
+                # Mixpanel failed (or another process is replaying): try again
+                # after the outage pause. Records spooled during the pass: at once.
+                failed = result.locked or result.error is not None or self._delivery.in_outage
+                if failed and self._delivery.wait_closed(self._retry_pause):
                     break
         except Exception:
             self._logger.exception("Mixpanel spool replay failed")
@@ -206,10 +219,12 @@ class MixpanelExporterBase:
             otel_context.detach(token)
 
     def _after_fork(self) -> None:
-        """In a forked child: fresh lock, no replay thread, delivery reopened;
-        the HTTP session renews itself on first use."""
+        """In a forked child: fresh locks (another thread may have held one at
+        the fork), no replay thread, delivery reopened; the HTTP session renews
+        itself on first use."""
         self._lock = threading.Lock()
         self._replayer = None
+        self._stats.after_fork()
         self._delivery.reopen()
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:

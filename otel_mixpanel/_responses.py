@@ -16,7 +16,7 @@ from otel_mixpanel._model import Endpoint
 from otel_mixpanel._retry import retry_after
 from otel_mixpanel._transport import HTTPResponse
 
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 
 

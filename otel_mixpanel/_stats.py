@@ -32,7 +32,6 @@ class Stats:
         self._sent: Counter[str] = Counter()
         self._retried: Counter[str] = Counter()
         self._spooled: Counter[str] = Counter()
-        self._spool_waiting = False
         self._dropped: Counter[str] = Counter()
         self._adjusted: Counter[str] = Counter()
         self._unlogged: Counter[str] = Counter()
@@ -50,7 +49,6 @@ class Stats:
 
     def spooled(self, kind: str, count: int, detail: str = "") -> None:
         """*count* records of *kind* were written to the spool, to be sent later."""
-        self._spool_waiting = True
         self._record(self._spooled, "spooled", kind, count, detail)
 
     def dropped(self, reason: str, count: int = 1, detail: str = "") -> None:
@@ -77,14 +75,10 @@ class Stats:
         suffix = f" ({detail})" if detail else ""
         self._logger.warning("Mixpanel: %s %d for reason %s%s", verb, pending, reason, suffix)
 
-    def has_spooled(self) -> bool:
-        """Whether records may be waiting in the spool (written, not yet replayed)."""
-        return self._spool_waiting
-
-    def set_spool_waiting(self, records: int) -> None:
-        """What the last replay left in the spool."""
-        with self._lock:
-            self._spool_waiting = records > 0
+    def after_fork(self) -> None:
+        """A forked child starts with a free lock (the parent's may have been
+        held by another thread at the fork); its counters stay the parent's."""
+        self._lock = threading.Lock()
 
     def snapshot(self) -> Dict[str, Dict[str, int]]:
         """A copy of every counter: ``sent``, ``retried`` and ``spooled`` by kind of

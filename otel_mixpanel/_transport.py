@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 __all__ = ["HTTPResponse", "RequestsTransport", "Transport"]
 
@@ -59,6 +60,9 @@ class RequestsTransport(Transport):
         self._pid = os.getpid()
 
     def _current_session(self) -> requests.Session:
+        if self._pid != os.getpid():
+            # A forked child: the parent's lock may have been held at the fork.
+            self._lock = threading.Lock()
         with self._lock:
             if self._session is None or self._pid != os.getpid():
                 # After fork the inherited pool's sockets belong to the parent.
@@ -75,13 +79,10 @@ class RequestsTransport(Transport):
                 url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False
             )
             return HTTPResponse(response.status_code, response.content, dict(response.headers))
-        except requests.exceptions.ReadTimeout as error:
-            return HTTPResponse(0, error=f"ReadTimeout: {error}", maybe_delivered=True)
         except requests.RequestException as error:
-            # Refused, reset or closed before any answer: urllib3 treats these as
-            # not processed; a server that applies a request and then drops the
-            # connection without answering is the one case this misjudges.
-            return HTTPResponse(0, error=f"{type(error).__name__}: {error}")
+            return HTTPResponse(
+                0, error=f"{type(error).__name__}: {error}", maybe_delivered=_after_sending(error)
+            )
         except Exception as error:  # a transport must never raise into delivery
             return HTTPResponse(0, error=f"unexpected {type(error).__name__}: {error}")
 
@@ -91,3 +92,22 @@ class RequestsTransport(Transport):
             session, self._session = self._session, None
         if session is not None:
             session.close()
+
+
+def _after_sending(error: requests.RequestException) -> bool:
+    """Whether the request may have reached Mixpanel before *error*.
+
+    Only a failure to connect proves nothing was sent. A timeout waiting for the
+    answer, or a connection closed or reset after the request was written, may
+    follow a request Mixpanel applied: non-idempotent updates must not be resent.
+    """
+    if isinstance(error, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
+        return False
+    answer_lost = (requests.exceptions.ReadTimeout, requests.exceptions.ChunkedEncodingError)
+    if isinstance(error, answer_lost):
+        return True
+    if isinstance(error, requests.exceptions.ConnectionError):
+        cause = error.args[0] if error.args else None
+        reason = getattr(cause, "reason", cause)  # MaxRetryError wraps the real one
+        return not isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+    return False

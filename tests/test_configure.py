@@ -3,6 +3,7 @@ never double-delivers, hooks logging and structlog, bounded flush/shutdown."""
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import subprocess
@@ -134,3 +135,33 @@ def test_missing_credentials_fail_loudly() -> None:
     """configure() without credentials raises, naming the variables."""
     with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_MIXPANEL_TOKEN"):
         configure(tracer_provider=TracerProvider(), logger_provider=LoggerProvider())
+
+
+def test_failed_call_leaves_nothing_behind(
+    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configure() that fails (a missing extra) adds no processor, so the next
+    call does not deliver everything twice."""
+    real_import = builtins.__import__
+
+    def without_logging_handler(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("opentelemetry.instrumentation.logging"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    tracer_provider = TracerProvider()
+    monkeypatch.setattr(builtins, "__import__", without_logging_handler)
+    with pytest.raises(ConfigurationError, match=r"\[logging\]"):
+        configure(tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+                  logging=True, token=mixpanel.token, api_host=mixpanel.url)
+    monkeypatch.undo()
+    pipeline = configure(tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+                         token=mixpanel.token, api_host=mixpanel.url)
+    with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+        span.set_attribute("mixpanel.event", "Once")
+        span.set_attribute("mixpanel.distinct_id", "u")
+        span.set_attribute("mixpanel.people.add.credits", 10)
+    pipeline.force_flush()
+    assert len(mixpanel.events) == 1
+    assert mixpanel.profiles["u"] == {"credits": 10}
+    pipeline.shutdown()

@@ -124,3 +124,39 @@ def test_forked_child_sends_only_its_own(mixpanel: LocalMixpanel) -> None:
     provider.shutdown()
     names = sorted(e["event"] for e in mixpanel.events)
     assert names == ["Child0", "Child1", "Parent0", "Parent1", "Parent2", "Warmup0"]
+
+
+def test_live_updates_never_overtake_the_spool(tmp_path: Path) -> None:
+    """Updates spooled during an outage ("$set plan=free", a hundred times) and a
+    newer "$set plan=pro" sent while the spool is still draining reach Mixpanel in
+    that order, so the profile ends on pro."""
+    server = LocalMixpanel(port=closed_port())
+    down = MixpanelSpanExporter(
+        token=server.token, api_host=f"http://127.0.0.1:{server.port}", timeout=0.3,
+        retry_policy=FAST, spool_dir=str(tmp_path),
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(down, max_export_batch_size=1))
+
+    def set_plan(tracer_provider: TracerProvider, plan: str) -> None:
+        with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.distinct_id", "u")
+            span.set_attribute("mixpanel.people.set.plan", plan)
+
+    for _ in range(100):
+        set_plan(provider, "free")
+    provider.shutdown()  # Mixpanel is down: a hundred segments wait in the spool
+    server.start()
+    try:
+        restarted = pipeline(MixpanelSpanExporter(
+            token=server.token, api_host=server.url, spool_dir=str(tmp_path),
+        ))  # starts draining the spool in the background
+        set_plan(restarted, "pro")
+        restarted.force_flush()
+        assert server.wait_for(lambda m: len(m.profile_updates) == 101, timeout=30)
+        plans = [u["$set"]["plan"] for u in server.profile_updates]
+        assert plans == ["free"] * 100 + ["pro"]
+        assert server.profiles["u"]["plan"] == "pro"
+        restarted.shutdown()
+    finally:
+        server.stop()

@@ -95,7 +95,7 @@ class TestBackoff:
             assert base + 1 <= slept <= base + 5
         assert len(script.calls) == 8
 
-    @pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
+    @pytest.mark.parametrize("code", [408, 429, 500, 502, 503, 504])
     def test_retryable_statuses(self, code: int) -> None:
         """Each transient status is retried."""
         clock = FakeClock()

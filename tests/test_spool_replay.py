@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
+from otel_mixpanel._spool import Spool
 from otel_mixpanel.spool import replay_spool, spool_status
 from otel_mixpanel.testing import LocalMixpanel
 from tests.helpers import FAST, fill_spool
@@ -37,3 +38,17 @@ def test_replay_stops_while_mixpanel_is_down(tmp_path: Path, mixpanel: LocalMixp
                           retry_policy=FAST)
     assert result.kept_records == 10
     assert spool_status(tmp_path).records == 10
+
+
+def test_unknown_endpoint_in_the_spool_is_counted_not_blocking(
+    tmp_path: Path, mixpanel: LocalMixpanel
+) -> None:
+    """A segment naming an endpoint we do not send to is dropped (counted) and
+    the segments after it still replay."""
+    spool = Spool(tmp_path)
+    spool.write("/nowhere", [b'{"x":1}'])
+    fill_spool(tmp_path, mixpanel, 3)
+    with LocalMixpanel(token=mixpanel.token) as healthy:
+        result = replay_spool(tmp_path, token=healthy.token, api_host=healthy.url)
+        assert result.kept_records == 0
+        assert len(healthy.unique_events()) == 3

@@ -206,6 +206,7 @@ def test_export_after_shutdown_fails(mixpanel: LocalMixpanel) -> None:
     exporter.shutdown()
     assert exporter.export(finished_spans({"mixpanel.event": "E"})) is SpanExportResult.FAILURE
     assert mixpanel.requests == []
+    assert exporter.stats()["dropped"] == {"exporter_shut_down": 1}  # counted, not silent
 
 
 def test_failure_is_reported(mixpanel: LocalMixpanel) -> None:
