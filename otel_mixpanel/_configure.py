@@ -38,15 +38,12 @@ QUEUE_FULL = "queue_full"
 _QUEUE_FULL_DETAIL = "the batch processor's queue was full; raise max_queue_size"
 
 
-def _queue_is_full(processor: Any) -> bool:
-    """Whether the SDK's batch queue is full, so the next item evicts one.
-
-    Reads the SDK's internal deque (one ``len``, no lock); an SDK without it
-    counts nothing and its own "Queue full" log line remains.
-    """
+def _sdk_queue(processor: Any) -> Any:
+    """The SDK's internal batch deque, or None on an SDK without one (then
+    nothing is counted and the SDK's own "Queue full" line remains). The SDK
+    keeps the same deque for the processor's life (a fork only clears it)."""
     queue = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
-    maxlen = getattr(queue, "maxlen", None)
-    return maxlen is not None and len(queue) >= maxlen  # type: ignore[arg-type]
+    return queue if getattr(queue, "maxlen", None) is not None else None
 
 
 class _CountingBatchSpanProcessor(BatchSpanProcessor):
@@ -56,9 +53,12 @@ class _CountingBatchSpanProcessor(BatchSpanProcessor):
     def __init__(self, exporter: MixpanelSpanExporter, **settings: Any) -> None:
         super().__init__(exporter, **settings)
         self._mixpanel_stats = exporter._stats
+        self._mixpanel_queue = _sdk_queue(self)
 
     def on_end(self, span: Any) -> None:
-        if span.context.trace_flags.sampled and _queue_is_full(self):
+        queue = self._mixpanel_queue
+        # One len() per span: the app thread pays for this check.
+        if queue is not None and len(queue) >= queue.maxlen and span.context.trace_flags.sampled:
             self._mixpanel_stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
         super().on_end(span)
 
@@ -69,9 +69,11 @@ class _CountingBatchLogRecordProcessor(BatchLogRecordProcessor):
     def __init__(self, exporter: MixpanelLogExporter, **settings: Any) -> None:
         super().__init__(exporter, **settings)
         self._mixpanel_stats = exporter._stats
+        self._mixpanel_queue = _sdk_queue(self)
 
     def on_emit(self, log_record: Any) -> None:
-        if _queue_is_full(self):
+        queue = self._mixpanel_queue
+        if queue is not None and len(queue) >= queue.maxlen:
             self._mixpanel_stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
         super().on_emit(log_record)
 

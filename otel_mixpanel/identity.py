@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 _IDENTITY_KEY = context.create_key("otel_mixpanel.identity")
+# Where the API keeps baggage in a Context; private, so the fast path in
+# on_start is skipped if a release renames it.
+_BAGGAGE_KEY: Optional[str] = getattr(baggage, "_BAGGAGE_KEY", None)
 _NAMES = {key.field: key.name for key in c.KEYS}
 IDENTITY_ATTRIBUTES = tuple(_NAMES[field] for field in (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID))
 _UNDERSCORED = {name: name.replace(".", "_") for name in IDENTITY_ATTRIBUTES}
@@ -108,7 +111,12 @@ class MixpanelIdentitySpanProcessor(SpanProcessor):
     """
 
     def on_start(self, span: Span, parent_context: Optional[context.Context] = None) -> None:
-        identity = current_identity(parent_context)
+        # Runs on the application's thread for every span: leave at once when
+        # nothing is bound and no baggage came in (the common case).
+        ctx = parent_context if parent_context is not None else context.get_current()
+        if _BAGGAGE_KEY is not None and not ctx.get(_IDENTITY_KEY) and not ctx.get(_BAGGAGE_KEY):
+            return
+        identity = current_identity(ctx)
         if identity:
             for name, value in _fill(span.attributes or {}, identity).items():
                 span.set_attribute(name, value)
