@@ -24,6 +24,13 @@ from otel_mixpanel._version import __version__
 LIBRARY_NAME = "otel-mixpanel"
 _INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
 _IDENTITY_FIELDS = (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
+# The fields without which each builder produces nothing.
+_IDENTITY_EVENT_FIELDS = frozenset({c.ALIAS, c.IDENTIFY_ANON_ID, c.MERGE})
+_PROFILE_FIELDS = frozenset(
+    {*c.PEOPLE_OPERATIONS, c.PEOPLE_UNSET, c.PEOPLE_DELETE, c.CHARGE, c.CHARGE_AMOUNT,
+     c.CLEAR_CHARGES}
+)
+_GROUP_FIELDS = frozenset({*c.GROUP_OPERATIONS, c.GROUP_UNSET, c.GROUP_DELETE})
 # Set only from their own keys; a same-named property is ignored (and counted).
 _RESERVED_EVENT_PROPERTIES = ("time", "distinct_id", "$insert_id")
 _NAME_OF_FIELD = {key.field: key.name for key in c.KEYS}
@@ -162,12 +169,18 @@ def translate(record: Record, stats: Stats, *, trace_ids: bool = True) -> List[M
     distinct_id = _distinct_id(fields, record, stats)
     time_ms = _event_time(fields.get(c.TIME), record.time_ms, stats)
     messages: List[Message] = []
-    messages.extend(_identity_events(fields, record, distinct_id, time_ms, stats))
+    present = fields.keys()
+    # Each builder yields nothing without its fields; most records are a plain
+    # event, so skipping them saves dozens of lookups per record.
+    if not present.isdisjoint(_IDENTITY_EVENT_FIELDS):
+        messages.extend(_identity_events(fields, record, distinct_id, time_ms, stats))
     event = _event(fields, record, distinct_id, time_ms, stats, trace_ids)
     if event is not None:
         messages.append(event)
-    messages.extend(_profile_updates(fields, distinct_id, time_ms, stats))
-    messages.extend(_group_updates(fields, stats))
+    if not present.isdisjoint(_PROFILE_FIELDS):
+        messages.extend(_profile_updates(fields, distinct_id, time_ms, stats))
+    if not present.isdisjoint(_GROUP_FIELDS):
+        messages.extend(_group_updates(fields, stats))
     return messages
 
 
