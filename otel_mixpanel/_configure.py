@@ -199,13 +199,7 @@ def configure(
             max_export_batch_size=max_export_batch_size,
             schedule_delay_millis=schedule_delay_millis,
         )
-        # SDKs before on_emit (they call emit) get the plain processor, uncounted.
-        log_processor_type = (
-            _CountingBatchLogRecordProcessor
-            if "on_emit" in vars(BatchLogRecordProcessor)
-            else BatchLogRecordProcessor
-        )
-        log_processor = log_processor_type(
+        log_processor = _CountingBatchLogRecordProcessor(
             log_exporter, max_queue_size=max_queue_size,
             max_export_batch_size=max_export_batch_size,
             schedule_delay_millis=schedule_delay_millis,

@@ -157,11 +157,6 @@ class Delivery:
             self._outage_until = self._clock() + self._policy.outage_pause
         return list(result.undelivered)
 
-    @property
-    def closing(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closing.is_set()
-
     def wait_closed(self, timeout: float) -> bool:
         """Sleep up to *timeout* seconds; True as soon as :meth:`close` is called."""
         return self._closing.wait(timeout)

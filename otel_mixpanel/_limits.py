@@ -17,7 +17,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Dict, FrozenSet, List, Optional
 
-from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
+from otel_mixpanel._model import (
+    REQUIRED_EVENT_PROPERTIES,
+    Event,
+    GroupUpdate,
+    IdentityEvent,
+    Message,
+    ProfileUpdate,
+)
 from otel_mixpanel._stats import Stats
 
 MAX_PROPERTIES = 254  # "fewer than 255"
@@ -36,7 +43,6 @@ SECONDS_BELOW = 100_000_000_000
 MAX_COLLECTIONS_BYTES = 600_000
 MAX_SAFE_INTEGER = 2**53
 EARLIEST_MS = 31_536_000_000  # 1971-01-01, Mixpanel's lower bound for event time
-REQUIRED_EVENT_PROPERTIES = ("time", "distinct_id", "$insert_id")
 
 # Mixpanel rejects these as distinct_id (compared case-insensitively).
 DENYLISTED_DISTINCT_IDS = frozenset(

@@ -11,6 +11,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Union
 
+# Every event carries these, set only from their own keys (never from a property).
+REQUIRED_EVENT_PROPERTIES = ("time", "distinct_id", "$insert_id")
+
 
 class Endpoint(str, enum.Enum):
     """Mixpanel ingestion endpoints, in the order a batch is sent."""

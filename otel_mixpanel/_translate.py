@@ -17,7 +17,14 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 from otel_mixpanel import _convention as c
-from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
+from otel_mixpanel._model import (
+    REQUIRED_EVENT_PROPERTIES,
+    Event,
+    GroupUpdate,
+    IdentityEvent,
+    Message,
+    ProfileUpdate,
+)
 from otel_mixpanel._stats import Stats
 from otel_mixpanel._version import __version__
 
@@ -31,8 +38,6 @@ _PROFILE_FIELDS = frozenset(
      c.CLEAR_CHARGES}
 )
 _GROUP_FIELDS = frozenset({*c.GROUP_OPERATIONS, c.GROUP_UNSET, c.GROUP_DELETE})
-# Set only from their own keys; a same-named property is ignored (and counted).
-_RESERVED_EVENT_PROPERTIES = ("time", "distinct_id", "$insert_id")
 _NAME_OF_FIELD = {key.field: key.name for key in c.KEYS}
 # c.lookup is pure: its answers, by attribute name. Bounded, as names may be
 # made up at run time (mixpanel.properties.<anything>).
@@ -330,7 +335,8 @@ def _event(
         properties[group_key] = list(group_ids) if _is_sequence(group_ids) else group_ids
     given = _properties(fields.get(c.PROPERTIES))
     properties.update(given)
-    shadowed = [name for name in _RESERVED_EVENT_PROPERTIES if name in given]
+    # A same-named property is ignored (and counted).
+    shadowed = [name for name in REQUIRED_EVENT_PROPERTIES if name in given]
     if shadowed:
         stats.adjusted("reserved_property_ignored", len(shadowed), detail=", ".join(shadowed))
     for field_name, property_name in ((c.USER_ID, "$user_id"), (c.DEVICE_ID, "$device_id")):

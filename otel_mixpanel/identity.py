@@ -148,9 +148,6 @@ class MixpanelIdentityLogProcessor(LogRecordProcessor):
         for name, value in _fill(attributes, identity).items():
             attributes[name] = value
 
-    def emit(self, log_data: Any) -> None:  # the SDK's older name for on_emit
-        self.on_emit(log_data)
-
     def shutdown(self) -> None:
         """Holds nothing."""
 
