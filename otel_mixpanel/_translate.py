@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
@@ -20,24 +20,26 @@ from otel_mixpanel import _convention as c
 from otel_mixpanel._model import (
     REQUIRED_EVENT_PROPERTIES,
     Event,
-    GroupUpdate,
     IdentityEvent,
     Message,
-    ProfileUpdate,
 )
 from otel_mixpanel._stats import Stats
+from otel_mixpanel._updates import (
+    GROUP_FIELDS,
+    PROFILE_FIELDS,
+    group_updates,
+    is_sequence,
+    mapping_of,
+    profile_updates,
+    text,
+)
 from otel_mixpanel._version import __version__
 
 LIBRARY_NAME = "otel-mixpanel"
 _INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
 _IDENTITY_FIELDS = (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
-# The fields without which each builder produces nothing.
+# The fields without which no identity event is made.
 _IDENTITY_EVENT_FIELDS = frozenset({c.ALIAS, c.IDENTIFY_ANON_ID, c.MERGE})
-_PROFILE_FIELDS = frozenset(
-    {*c.PEOPLE_OPERATIONS, c.PEOPLE_UNSET, c.PEOPLE_DELETE, c.CHARGE, c.CHARGE_AMOUNT,
-     c.CLEAR_CHARGES}
-)
-_GROUP_FIELDS = frozenset({*c.GROUP_OPERATIONS, c.GROUP_UNSET, c.GROUP_DELETE})
 _NAME_OF_FIELD = {key.field: key.name for key in c.KEYS}
 # c.lookup is pure: its answers, by attribute name. Bounded, as names may be
 # made up at run time (mixpanel.properties.<anything>).
@@ -182,10 +184,10 @@ def translate(record: Record, stats: Stats, *, trace_ids: bool = True) -> List[M
     event = _event(fields, record, distinct_id, time_ms, stats, trace_ids)
     if event is not None:
         messages.append(event)
-    if not present.isdisjoint(_PROFILE_FIELDS):
-        messages.extend(_profile_updates(fields, distinct_id, time_ms, stats))
-    if not present.isdisjoint(_GROUP_FIELDS):
-        messages.extend(_group_updates(fields, stats))
+    if not present.isdisjoint(PROFILE_FIELDS):
+        messages.extend(profile_updates(fields, distinct_id, time_ms, stats))
+    if not present.isdisjoint(GROUP_FIELDS):
+        messages.extend(group_updates(fields, stats))
     return messages
 
 
@@ -204,35 +206,17 @@ def _inherit_identity(fields: Dict[str, Any], inherited: Mapping[str, Any]) -> N
             fields[field_name] = inherited[name]
 
 
-def _text(value: Any) -> Optional[str]:
-    """An identifier as Mixpanel wants it: str, or an int spelled out."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return str(value)
-        except ValueError:  # past Python's digit limit: no one's id
-            return None
-    return None
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() == "true"
-    return value is True or (type(value) is int and value == 1)
-
-
 def _distinct_id(fields: Dict[str, Any], record: Record, stats: Stats) -> str:
     for field_name in _IDENTITY_FIELDS:
         if field_name in fields:
-            value = _text(fields[field_name])
+            value = text(fields[field_name])
             if value is None:
                 stats.dropped("invalid_identity", detail=field_name)
             elif value:
                 return value
     for source in (record.attributes, record.inherited):
         for name in c.FALLBACK_USER_ATTRIBUTES:
-            value = _text(source.get(name))
+            value = text(source.get(name))
             if value:
                 return value
     return ""
@@ -275,12 +259,6 @@ def _event_time(override: Any, default_ms: int, stats: Stats) -> int:
     return parsed
 
 
-def _properties(value: Any) -> Dict[str, Any]:
-    if value is None:  # the common case: the key is absent (skips the ABC check)
-        return {}
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
 def _identity_events(
     fields: Dict[str, Any], record: Record, distinct_id: str, time_ms: int, stats: Stats
 ) -> List[Message]:
@@ -293,7 +271,7 @@ def _identity_events(
     for name, raw, property_name in wanted:
         if raw is None:
             continue
-        other = _text(raw)
+        other = text(raw)
         if not other or not distinct_id:
             stats.dropped("identity_without_ids", detail=name)
             continue
@@ -331,19 +309,19 @@ def _event(
         properties["$duration"] = record.duration
     properties["mp_lib"] = LIBRARY_NAME
     properties["$lib_version"] = __version__
-    for group_key, group_ids in _properties(fields.get(c.GROUPS)).items():
-        properties[group_key] = list(group_ids) if _is_sequence(group_ids) else group_ids
-    given = _properties(fields.get(c.PROPERTIES))
+    for group_key, group_ids in mapping_of(fields.get(c.GROUPS)).items():
+        properties[group_key] = list(group_ids) if is_sequence(group_ids) else group_ids
+    given = mapping_of(fields.get(c.PROPERTIES))
     properties.update(given)
     # A same-named property is ignored (and counted).
     shadowed = [name for name in REQUIRED_EVENT_PROPERTIES if name in given]
     if shadowed:
         stats.adjusted("reserved_property_ignored", len(shadowed), detail=", ".join(shadowed))
     for field_name, property_name in ((c.USER_ID, "$user_id"), (c.DEVICE_ID, "$device_id")):
-        value = _text(fields.get(field_name))
+        value = text(fields.get(field_name))
         if value:
             properties[property_name] = value
-    ip = _text(fields.get(c.IP))
+    ip = text(fields.get(c.IP))
     if ip:
         properties["ip"] = ip
     properties["time"] = time_ms
@@ -360,106 +338,3 @@ def _insert_id(override: Any, record: Record, stats: Stats) -> str:
     return derive_insert_id(record.insert_id_seed, record.position, "")
 
 
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-
-
-def _names(value: Any) -> List[str]:
-    if isinstance(value, str):
-        return [value]
-    if _is_sequence(value):
-        return [item for item in value if isinstance(item, str)]
-    return []
-
-
-def _keyed_operations(
-    fields: Dict[str, Any], table: Mapping[str, str], stats: Stats
-) -> List[Tuple[str, Any]]:
-    """The ``$set``-like operations present, each with its name → value mapping."""
-    operations: List[Tuple[str, Any]] = []
-    for field_name, operation in table.items():
-        raw = fields.get(field_name)
-        if raw is None:
-            continue
-        values = _properties(raw)
-        if operation == "$add":
-            values = _numbers_only(values, stats)
-        elif operation == "$union":
-            values = {k: list(v) if _is_sequence(v) else [v] for k, v in values.items()}
-        if values:
-            operations.append((operation, values))
-    return operations
-
-
-def _profile_updates(
-    fields: Dict[str, Any], distinct_id: str, time_ms: int, stats: Stats
-) -> List[Message]:
-    operations = _keyed_operations(fields, c.PEOPLE_OPERATIONS, stats)
-    unset = _names(fields.get(c.PEOPLE_UNSET))
-    if unset:
-        operations.append(("$unset", unset))
-    if _flag(fields.get(c.CLEAR_CHARGES)):
-        operations.append(("$unset", ["$transactions"]))
-    charge = _charge(fields, time_ms, stats)
-    if charge is not None:
-        operations.append(("$append", {"$transactions": charge}))
-    if _flag(fields.get(c.PEOPLE_DELETE)):
-        operations.append(("$delete", ""))
-    if not operations:
-        return []
-    if not distinct_id:
-        stats.dropped("profile_without_distinct_id", len(operations))
-        return []
-    modifiers: Dict[str, Any] = {"$ip": _text(fields.get(c.IP)) or "0"}
-    if _flag(fields.get(c.IGNORE_TIME)):
-        modifiers["$ignore_time"] = True
-    return [ProfileUpdate(distinct_id, op, value, modifiers) for op, value in operations]
-
-
-def _numbers_only(values: Dict[str, Any], stats: Stats) -> Dict[str, Any]:
-    numbers = {}
-    for name, value in values.items():
-        if _is_number(value):
-            numbers[name] = value
-        else:
-            stats.dropped("add_not_a_number", detail=name)
-    return numbers
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _charge(fields: Dict[str, Any], time_ms: int, stats: Stats) -> Optional[Dict[str, Any]]:
-    extras = _properties(fields.get(c.CHARGE))
-    amount = fields.get(c.CHARGE_AMOUNT, extras.pop("amount", None))
-    if amount is None and not extras:
-        return None
-    if not _is_number(amount):
-        stats.dropped("charge_without_amount")
-        return None
-    try:
-        when = datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        # The event's own time is unusable (it is dropped or clamped later); the
-        # charge keeps its amount and takes the time it was recorded.
-        stats.adjusted("invalid_time", detail="mixpanel.people.track_charge")
-        when = datetime.now(timezone.utc)
-    return {"$amount": amount, "$time": when.strftime("%Y-%m-%dT%H:%M:%S"), **extras}
-
-
-def _group_updates(fields: Dict[str, Any], stats: Stats) -> List[Message]:
-    operations = _keyed_operations(fields, c.GROUP_OPERATIONS, stats)
-    unset = _names(fields.get(c.GROUP_UNSET))
-    if unset:
-        operations.append(("$unset", unset))
-    if _flag(fields.get(c.GROUP_DELETE)):
-        operations.append(("$delete", ""))
-    if not operations:
-        return []
-    group_key = _text(fields.get(c.GROUP_KEY))
-    group_id = _text(fields.get(c.GROUP_ID))
-    if not group_key or not group_id:
-        stats.dropped("group_without_key_or_id", len(operations))
-        return []
-    return [GroupUpdate(group_key, group_id, op, value) for op, value in operations]
