@@ -148,6 +148,11 @@ KEYS: Tuple[Key, ...] = (
 
 BY_NAME: Dict[str, Key] = {key.name: key for key in KEYS}
 BY_STRUCTLOG_NAME: Dict[str, Key] = {key.structlog_name: key for key in KEYS}
+# The key that fills each field (a keyed key's plain field maps to it too).
+NAME_OF_FIELD: Dict[str, str] = {
+    **{key.plain_field: key.name for key in KEYS if key.plain_field},
+    **{key.field: key.name for key in KEYS},
+}
 # Groups of keys a structlog mapping may stand for: mixpanel_group={"key": ..., "set": {...}}.
 NAMESPACES: Dict[str, str] = {
     name.replace(".", "_"): name

@@ -40,7 +40,6 @@ _INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
 _IDENTITY_FIELDS = (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
 # The fields without which no identity event is made.
 _IDENTITY_EVENT_FIELDS = frozenset({c.ALIAS, c.IDENTIFY_ANON_ID, c.MERGE})
-_NAME_OF_FIELD = {key.field: key.name for key in c.KEYS}
 # c.lookup is pure: its answers, by attribute name. Bounded, as names may be
 # made up at run time (mixpanel.properties.<anything>).
 _LOOKUPS: Dict[str, Tuple[Optional[c.Key], Optional[str]]] = {}
@@ -201,7 +200,7 @@ def _inherit_identity(fields: Dict[str, Any], inherited: Mapping[str, Any]) -> N
     if not inherited:
         return
     for field_name in _IDENTITY_FIELDS:
-        name = _NAME_OF_FIELD[field_name]
+        name = c.NAME_OF_FIELD[field_name]
         if field_name not in fields and name in inherited:
             fields[field_name] = inherited[name]
 
@@ -254,7 +253,7 @@ def _event_time(override: Any, default_ms: int, stats: Stats) -> int:
         return default_ms
     parsed = parse_time_ms(override)
     if parsed is None:
-        stats.adjusted("invalid_time", detail="mixpanel.time")
+        stats.adjusted("invalid_time", detail=c.NAME_OF_FIELD[c.TIME])
         return default_ms
     return parsed
 
@@ -334,7 +333,7 @@ def _insert_id(override: Any, record: Record, stats: Stats) -> str:
     if override is not None:
         if isinstance(override, str) and _INSERT_ID.fullmatch(override):
             return override
-        stats.adjusted("invalid_insert_id", detail="mixpanel.insert_id")
+        stats.adjusted("invalid_insert_id", detail=c.NAME_OF_FIELD[c.INSERT_ID])
     return derive_insert_id(record.insert_id_seed, record.position, "")
 
 

@@ -135,7 +135,7 @@ def _charge(fields: Dict[str, Any], time_ms: int, stats: Stats) -> Optional[Dict
     except (OverflowError, OSError, ValueError):
         # The event's own time is unusable (it is dropped or clamped later); the
         # charge keeps its amount and takes the time it was recorded.
-        stats.adjusted("invalid_time", detail="mixpanel.people.track_charge")
+        stats.adjusted("invalid_time", detail=c.NAME_OF_FIELD[c.CHARGE])
         when = datetime.now(timezone.utc)
     return {"$amount": amount, "$time": when.strftime("%Y-%m-%dT%H:%M:%S"), **extras}
 

@@ -40,8 +40,9 @@ _IDENTITY_KEY = context.create_key("otel_mixpanel.identity")
 # Where the API keeps baggage in a Context; private, so the fast path in
 # on_start is skipped if a release renames it.
 _BAGGAGE_KEY: Optional[str] = getattr(baggage, "_BAGGAGE_KEY", None)
-_NAMES = {key.field: key.name for key in c.KEYS}
-IDENTITY_ATTRIBUTES = tuple(_NAMES[field] for field in (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID))
+IDENTITY_ATTRIBUTES = tuple(
+    c.NAME_OF_FIELD[field] for field in (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
+)
 _UNDERSCORED = {name: name.replace(".", "_") for name in IDENTITY_ATTRIBUTES}
 
 
