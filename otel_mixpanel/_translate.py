@@ -12,9 +12,9 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from types import MappingProxyType
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from otel_mixpanel import _convention as c
 from otel_mixpanel._model import (
@@ -46,14 +46,17 @@ _LOOKUPS: Dict[str, Tuple[Optional[c.Key], Optional[str]]] = {}
 _MAX_LOOKUPS = 4096
 
 
-@dataclass(frozen=True)
-class Record:
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+class Record(NamedTuple):
     """One tagged input in the plain shape every adapter produces.
 
     ``insert_id_seed`` and ``position`` must be stable for the same input, so
     that exporting it twice derives the same ``$insert_id``. ``inherited``
     holds the attributes of an enclosing span whose identity the record takes
-    when it has none of its own (span events).
+    when it has none of its own (span events). A named tuple, not a frozen
+    dataclass: one is built per tagged span, and it is three times cheaper.
     """
 
     attributes: Mapping[str, Any]
@@ -63,8 +66,8 @@ class Record:
     trace_id: Optional[str] = None
     span_id: Optional[str] = None
     duration: Optional[float] = None
-    resource: Mapping[str, Any] = field(default_factory=dict)
-    inherited: Mapping[str, Any] = field(default_factory=dict)
+    resource: Mapping[str, Any] = _NOTHING
+    inherited: Mapping[str, Any] = _NOTHING
 
 
 def is_tagged(attributes: Optional[Mapping[str, Any]]) -> bool:

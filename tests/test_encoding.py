@@ -69,7 +69,7 @@ def test_numbers_json_and_orjson_spell_differently_are_left_to_json(value: Any) 
 
 def test_a_short_span_duration_stays_on_the_fast_path() -> None:
     event = Event("E", {"$duration": 5.1687e-05, "time": 1, "distinct_id": "u"})
-    payload = _batch._with_exact_duration(event.payload(None))
+    payload = _batch._exact_duration(event.payload(None))
     assert _batch.dumps(payload) == reference(event.payload(None))
 
 
