@@ -40,6 +40,9 @@ _INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
 _IDENTITY_FIELDS = (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
 # The fields without which no identity event is made.
 _IDENTITY_EVENT_FIELDS = frozenset({c.ALIAS, c.IDENTIFY_ANON_ID, c.MERGE})
+# Fields copied onto the event as the property Mixpanel knows them by.
+_EVENT_IDENTITY_PROPERTIES = ((c.USER_ID, "$user_id"), (c.DEVICE_ID, "$device_id"), (c.IP, "ip"))
+_ABSENT = object()
 # c.lookup is pure: its answers, by attribute name. Bounded, as names may be
 # made up at run time (mixpanel.properties.<anything>).
 _LOOKUPS: Dict[str, Tuple[Optional[c.Key], Optional[str]]] = {}
@@ -112,9 +115,11 @@ def parse(attributes: Mapping[str, Any], stats: Stats) -> Dict[str, Any]:
     fields: Dict[str, Any] = {}
     prefix, lookups = c.PREFIX, _LOOKUPS
     for name, value in _plain_items(attributes):
-        if name.startswith(prefix):
+        # A name seen before is found without the prefix test.
+        found = lookups.get(name)
+        if found is not None or name.startswith(prefix):
             # The common cases of _assign, inline; the rest (and errors) there.
-            key, sub = lookups.get(name) or _lookup(name)
+            key, sub = found or _lookup(name)
             if key is not None:
                 if sub is not None:  # only keyed keys have a sub-name
                     keyed = fields.get(key.field)
@@ -297,13 +302,14 @@ def _event(
     stats: Stats,
     trace_ids: bool,
 ) -> Optional[Event]:
-    if c.EVENT not in fields:
+    # Runs for every event: absent fields are skipped before any reading.
+    name = fields.get(c.EVENT, _ABSENT)
+    if name is _ABSENT:
         return None
-    name = fields[c.EVENT]
     if not isinstance(name, str) or not name.strip():
         stats.dropped("invalid_event_name")
         return None
-    properties: Dict[str, Any] = dict(record.resource)
+    properties: Dict[str, Any] = dict(record.resource) if record.resource else {}
     if trace_ids and record.trace_id:
         properties["trace_id"] = record.trace_id
         properties["span_id"] = record.span_id
@@ -311,21 +317,26 @@ def _event(
         properties["$duration"] = record.duration
     properties["mp_lib"] = LIBRARY_NAME
     properties["$lib_version"] = __version__
-    for group_key, group_ids in mapping_of(fields.get(c.GROUPS)).items():
-        properties[group_key] = list(group_ids) if is_sequence(group_ids) else group_ids
-    given = mapping_of(fields.get(c.PROPERTIES))
-    properties.update(given)
-    # A same-named property is ignored (and counted).
-    shadowed = [name for name in REQUIRED_EVENT_PROPERTIES if name in given]
-    if shadowed:
-        stats.adjusted("reserved_property_ignored", len(shadowed), detail=", ".join(shadowed))
-    for field_name, property_name in ((c.USER_ID, "$user_id"), (c.DEVICE_ID, "$device_id")):
-        value = text(fields.get(field_name))
-        if value:
-            properties[property_name] = value
-    ip = text(fields.get(c.IP))
-    if ip:
-        properties["ip"] = ip
+    groups = fields.get(c.GROUPS)
+    if groups is not None:
+        for group_key, group_ids in mapping_of(groups).items():
+            properties[group_key] = list(group_ids) if is_sequence(group_ids) else group_ids
+    given = fields.get(c.PROPERTIES)
+    if given is not None:
+        # parse() builds keyed fields as dicts of its own: no copy needed.
+        if type(given) is not dict:
+            given = mapping_of(given)
+        properties.update(given)
+        if not given.keys().isdisjoint(REQUIRED_EVENT_PROPERTIES):
+            # A same-named property is ignored (and counted).
+            shadowed = [name for name in REQUIRED_EVENT_PROPERTIES if name in given]
+            stats.adjusted("reserved_property_ignored", len(shadowed), detail=", ".join(shadowed))
+    for field_name, property_name in _EVENT_IDENTITY_PROPERTIES:
+        value = fields.get(field_name)
+        if value is not None:
+            value = text(value)
+            if value:
+                properties[property_name] = value
     properties["time"] = time_ms
     properties["distinct_id"] = distinct_id
     properties["$insert_id"] = _insert_id(fields.get(c.INSERT_ID), record, stats)
