@@ -117,14 +117,16 @@ def _has_short_exponent(record: bytes) -> bool:
 
 
 def _exact_duration(payload: Dict[str, Any]) -> Dict[str, Any]:
-    """*payload* (fresh from ``Message.payload``, so ours to change) with an
-    event's ``$duration`` under 1e-4 s pre-spelt as json spells it: a span
-    shorter than 100 µs would otherwise always take the slow path."""
+    """*payload* with an event's ``$duration`` under 1e-4 s pre-spelt as json
+    spells it (a span shorter than 100 µs would otherwise always take the
+    slow path); the payload's own dicts are left as they are."""
     properties = payload.get("properties")
     if type(properties) is dict and _FRAGMENT:
         duration = properties.get("$duration")
         if type(duration) is float and duration and -1e-4 < duration < 1e-4:
+            properties = dict(properties)
             properties["$duration"] = _orjson.Fragment(float.__repr__(duration).encode())
+            return {**payload, "properties": properties}
     return payload
 
 
@@ -138,7 +140,6 @@ def encode(message: Message, token: Optional[str], stats: Stats) -> Optional[byt
                 stats.dropped("record_too_large", detail=message.endpoint.value)
                 return None
             return fast
-        payload = message.payload(token)  # plain again: json knows no Fragment
     try:
         text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -171,14 +172,16 @@ def make_batches(
     ``/groups``; within an endpoint the messages keep their order."""
     ordered = sorted(messages, key=_send_order)  # stable: keeps each endpoint's order
     batches: List[Batch] = []
-    current: Dict[Endpoint, Batch] = {}
+    batch: Optional[Batch] = None
     for message in ordered:
         record = encode(message, token, stats)
         if record is None:
             continue
-        batch = current.get(message.endpoint)
-        if batch is None or not batch.fits(record, max_records, max_bytes):
-            batch = current[message.endpoint] = Batch(message.endpoint)
+        # Sorted, so a new endpoint never returns: only the last batch can grow.
+        if batch is None or batch.endpoint is not message.endpoint or not batch.fits(
+            record, max_records, max_bytes
+        ):
+            batch = Batch(message.endpoint)
             batches.append(batch)
         batch.add(message, record)
     return batches

@@ -33,8 +33,9 @@ class Event:
     endpoint: Endpoint = field(default=Endpoint.IMPORT, init=False, repr=False)
 
     def payload(self, token: Optional[str]) -> Dict[str, Any]:
-        """The record as ``/import`` takes it (authenticated per request, no token)."""
-        return {"event": self.name, "properties": dict(self.properties)}
+        """The record as ``/import`` takes it (authenticated per request, no
+        token); it shares the event's properties, so treat it as read-only."""
+        return {"event": self.name, "properties": self.properties}
 
     @property
     def insert_id(self) -> str:
