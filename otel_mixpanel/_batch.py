@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -24,6 +25,7 @@ try:  # optional: several times faster than json.dumps, and the same bytes (see 
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
 _FRAGMENT = _orjson is not None and hasattr(_orjson, "Fragment")  # orjson 3.9+
+_PLAIN_KINDS = frozenset({str, int, bool, type(None)})
 if _orjson is not None:
     _ORJSON_OPTIONS = (
         _orjson.OPT_PASSTHROUGH_SUBCLASS
@@ -80,22 +82,26 @@ def dumps(payload: Any) -> Optional[bytes]:
     orjson spells the same values the same way (``ensure_ascii=False``, no
     spaces, shortest round-trip floats) except: NaN and infinity become
     ``null`` (json refuses them), floats between 1e-9 and 1e-4 are written
-    ``0.00001`` / ``1e-7`` (json: ``1e-05`` / ``1e-07``). Output holding
-    ``null``, ``0.0000`` or a one-digit negative exponent anywhere (a string
-    included) is therefore left to json, as is anything orjson refuses (lone surrogates, ints beyond
-    64 bits, subclasses, non-str keys). The payload comes from the limits, so
-    it holds only JSON's own types. tests/test_encoding.py checks the bytes.
+    ``0.00001`` / ``1e-7`` (json: ``1e-05`` / ``1e-07``). A record of plain
+    values (the usual event) has its small floats pre-spelt as json spells
+    them; any other record is encoded, then left to json when the output
+    holds ``null``, ``0.0000`` or a one-digit negative exponent anywhere (a
+    string included). Anything orjson refuses (lone surrogates, ints beyond
+    64 bits, non-str keys) is left to json too. tests/test_encoding.py checks
+    the bytes.
     """
     if _orjson is None:
         return None
+    spelt = _spelt_for_orjson(payload) if _FRAGMENT and type(payload) is dict else None
     try:
-        record: bytes = _orjson.dumps(payload, option=_ORJSON_OPTIONS)
+        record: bytes = _orjson.dumps(payload if spelt is None else spelt, option=_ORJSON_OPTIONS)
     except (TypeError, ValueError, RecursionError):
         return None
-    if b"null" in record or b"0.0000" in record:
-        return None
-    if b"e-" in record and _has_short_exponent(record):
-        return None
+    if spelt is None:  # not checked value by value: check the bytes
+        if b"null" in record or b"0.0000" in record:
+            return None
+        if b"e-" in record and _has_short_exponent(record):
+            return None
     # A copy of exactly its length: orjson's own bytes are a shrunk larger
     # buffer, and a batch of those kept alive fragments glibc's heap so that
     # each batch pays fresh page faults (5 µs a record against 0.7 with the copy;
@@ -103,11 +109,44 @@ def dumps(payload: Any) -> Optional[bytes]:
     return bytes(memoryview(record))
 
 
+def _spelt_for_orjson(value: Dict[Any, Any], depth: int = 0) -> Optional[Dict[Any, Any]]:
+    """*value* with each float under 1e-4 pre-spelt as json spells it, so
+    that orjson writes json's bytes (the same dict when there is none; a span
+    shorter than 100 µs has one in ``$duration``). None when it holds what
+    only a check of the bytes can judge: NaN, infinity, a str, int or float
+    subclass, a list, or a dict below the properties.
+
+    One pass over the values costs less than searching the encoded record
+    three times."""
+    spelt = value
+    for name, item in value.items():
+        kind = type(item)
+        if kind in _PLAIN_KINDS:
+            continue
+        if kind is float:
+            if item and -1e-4 < item < 1e-4:
+                if spelt is value:
+                    spelt = dict(value)
+                spelt[name] = _orjson.Fragment(float.__repr__(item).encode())
+            elif not -math.inf < item < math.inf:
+                return None
+            continue
+        if kind is dict and not depth:
+            inner = _spelt_for_orjson(item, 1)
+            if inner is None:
+                return None
+            if inner is not item:
+                if spelt is value:
+                    spelt = dict(value)
+                spelt[name] = inner
+            continue
+        return None
+    return spelt
+
+
 def _has_short_exponent(record: bytes) -> bool:
     """Whether *record* holds ``e-`` and one digit (``1e-7``; json writes
-    ``1e-07``). A find per occurrence, not a regex: a span's pre-spelt
-    ``$duration`` puts an ``e-`` in most short events, and a regex scan of the
-    whole record cost more than encoding it."""
+    ``1e-07``). A find per occurrence, not a regex scan of the whole record."""
     at = record.find(b"e-")
     while at >= 0:
         if record[at + 2 : at + 3].isdigit() and not record[at + 3 : at + 4].isdigit():
@@ -116,25 +155,11 @@ def _has_short_exponent(record: bytes) -> bool:
     return False
 
 
-def _exact_duration(payload: Dict[str, Any]) -> Dict[str, Any]:
-    """*payload* with an event's ``$duration`` under 1e-4 s pre-spelt as json
-    spells it (a span shorter than 100 µs would otherwise always take the
-    slow path); the payload's own dicts are left as they are."""
-    properties = payload.get("properties")
-    if type(properties) is dict and _FRAGMENT:
-        duration = properties.get("$duration")
-        if type(duration) is float and duration and -1e-4 < duration < 1e-4:
-            properties = dict(properties)
-            properties["$duration"] = _orjson.Fragment(float.__repr__(duration).encode())
-            return {**payload, "properties": properties}
-    return payload
-
-
 def encode(message: Message, token: Optional[str], stats: Stats) -> Optional[bytes]:
     """The record's JSON bytes, or None (counted) when it cannot be sent."""
     payload = message.payload(token)
     if _orjson is not None:
-        fast = dumps(_exact_duration(payload))
+        fast = dumps(payload)
         if fast is not None:
             if len(fast) > MAX_RECORD_BYTES:
                 stats.dropped("record_too_large", detail=message.endpoint.value)

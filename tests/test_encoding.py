@@ -25,6 +25,7 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False),
     st.floats(min_value=1e-12, max_value=1e-3), st.text(),
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e-4, -5e-5, 1e16]),
     st.text(alphabet="\x00\x1f\x7f\u2028\u2029\"\\e-0."),
 )
 values = st.recursive(
@@ -69,8 +70,10 @@ def test_numbers_json_and_orjson_spell_differently_are_left_to_json(value: Any) 
 
 def test_a_short_span_duration_stays_on_the_fast_path() -> None:
     event = Event("E", {"$duration": 5.1687e-05, "time": 1, "distinct_id": "u"})
-    payload = _batch._exact_duration(event.payload(None))
-    assert _batch.dumps(payload) == reference(event.payload(None))
+    fast = _batch.dumps(event.payload(None))
+    assert fast is not None
+    assert fast == reference(event.payload(None))
+    assert event.properties["$duration"] == 5.1687e-05  # spelt in a copy
 
 
 def test_not_a_number_is_still_refused() -> None:
