@@ -47,6 +47,8 @@ _ABSENT = object()
 # made up at run time (mixpanel.properties.<anything>).
 _LOOKUPS: Dict[str, Tuple[Optional[c.Key], Optional[str]]] = {}
 _MAX_LOOKUPS = 4096
+# Attribute name → (field, sub-name), for the names parse() places itself.
+_PLACES: Dict[str, Tuple[str, Optional[str]]] = {}
 
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
@@ -115,31 +117,45 @@ def parse(attributes: Mapping[str, Any], stats: Stats) -> Dict[str, Any]:
     (``mixpanel.properties.plan``) wins over a mapping on the key itself.
     """
     fields: Dict[str, Any] = {}
-    prefix, lookups = c.PREFIX, _LOOKUPS
+    prefix, places = c.PREFIX, _PLACES
     for name, value in _plain_items(attributes):
-        # A name seen before is found without the prefix test.
-        found = lookups.get(name)
-        if found is not None or name.startswith(prefix):
-            # The common cases of _assign, inline; the rest (and errors) there.
-            key, sub = found or _lookup(name)
-            if key is not None:
-                if sub is not None:  # only keyed keys have a sub-name
-                    keyed = fields.get(key.field)
-                    if keyed is None:
-                        keyed = fields[key.field] = {}
-                    keyed[sub] = value
+        place = places.get(name)
+        if place is None:
+            if name.startswith(prefix):
+                place = _place(name)
+                if place is None:  # the rest of the cases (and errors)
+                    _assign(fields, name, value, stats)
                     continue
-                if not key.keyed:
-                    fields[key.field] = value
-                    continue
-            _assign(fields, name, value, stats)
-        elif name.startswith(c.UNDERSCORE_PREFIX):
-            for dotted, inner_value in c.dotted_names(name, value):
-                if dotted is None:
-                    stats.dropped("unknown_key", detail=str(inner_value))
-                else:
-                    _assign(fields, dotted, inner_value, stats)
+            else:
+                if name.startswith(c.UNDERSCORE_PREFIX):
+                    for dotted, inner_value in c.dotted_names(name, value):
+                        if dotted is None:
+                            stats.dropped("unknown_key", detail=str(inner_value))
+                        else:
+                            _assign(fields, dotted, inner_value, stats)
+                continue
+        field_name, sub = place
+        if sub is None:
+            fields[field_name] = value
+        else:
+            keyed = fields.get(field_name)
+            if keyed is None:
+                keyed = fields[field_name] = {}
+            keyed[sub] = value
     return fields
+
+
+def _place(name: str) -> Optional[Tuple[str, Optional[str]]]:
+    """Where parse() puts the value of *name*, for the two common cases: a
+    plain key's field, or a keyed key's field and sub-name. Cached."""
+    key, sub = _lookup(name)
+    if key is None or (sub is None and key.keyed):
+        return None
+    place = (key.field, sub)
+    if len(_PLACES) >= _MAX_LOOKUPS:
+        _PLACES.clear()
+    _PLACES[name] = place
+    return place
 
 
 def _plain_items(attributes: Mapping[str, Any]) -> Any:
