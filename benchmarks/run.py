@@ -108,11 +108,7 @@ def _sink_main(conn: Connection) -> None:
 
 def _local_main(conn: Connection) -> None:
     """A LocalMixpanel answering commands: count, latency, stop."""
-    from otel_mixpanel.testing import LocalMixpanel, _http  # noqa: PLC0415
-
-    # Its answers go out as two writes (headers, body): without TCP_NODELAY every
-    # request on a kept-alive connection waits for the client's 40 ms delayed ACK.
-    _http._Handler.disable_nagle_algorithm = True
+    from otel_mixpanel.testing import LocalMixpanel  # noqa: PLC0415
 
     with LocalMixpanel(max_records=2000) as server:
         conn.send((server.url, server.token))

@@ -25,7 +25,7 @@ try:  # optional: several times faster than json.dumps, and the same bytes (see 
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
 _FRAGMENT = _orjson is not None and hasattr(_orjson, "Fragment")  # orjson 3.9+
-_PLAIN_KINDS = frozenset({str, int, bool, type(None)})
+_PLAIN_KINDS = frozenset({int, bool, type(None)})
 if _orjson is not None:
     _ORJSON_OPTIONS = (
         _orjson.OPT_PASSTHROUGH_SUBCLASS
@@ -45,7 +45,11 @@ class Batch:
 
     def body(self) -> bytes:
         """The JSON array Mixpanel receives (uncompressed)."""
-        return b"[" + b",".join(self.records) + b"]"
+        records = self.records
+        if len(records) < 2:
+            return b"[" + b"".join(records) + b"]"
+        # One copy of a body that may be megabytes, where "[" + join + "]" made three.
+        return b",".join([b"[" + records[0], *records[1:-1], records[-1] + b"]"])
 
     def fits(self, record: bytes, max_records: int, max_bytes: int) -> bool:
         """Whether *record* can join without breaking either bound."""
@@ -121,13 +125,13 @@ def _spelt_for_orjson(value: Dict[Any, Any], depth: int = 0) -> Optional[Dict[An
     spelt = value
     for name, item in value.items():
         kind = type(item)
-        if kind in _PLAIN_KINDS:
+        if kind is str or kind in _PLAIN_KINDS:  # most values are str: tested first
             continue
         if kind is float:
             if item and -1e-4 < item < 1e-4:
                 if spelt is value:
                     spelt = dict(value)
-                spelt[name] = _orjson.Fragment(float.__repr__(item).encode())
+                spelt[name] = _orjson.Fragment(b"%r" % item)  # json's spelling: repr
             elif not -math.inf < item < math.inf:
                 return None
             continue

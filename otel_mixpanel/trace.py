@@ -70,9 +70,10 @@ class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
             if not tagged and not events:
                 continue
             context = span.context
-            # format() itself: what format_trace_id/format_span_id call, less a call each.
-            trace_id = format(context.trace_id, "032x") if context else None
-            span_id = format(context.span_id, "016x") if context else None
+            # format_trace_id/format_span_id's spelling in half their time: a
+            # %-format skips the format-spec parsing of format() and f-strings.
+            trace_id = "%032x" % context.trace_id if context else None  # noqa: UP031
+            span_id = "%016x" % context.span_id if context else None  # noqa: UP031
             seed = f"{trace_id}{span_id}"
             resource = properties_of_resource(span.resource.attributes)
             if tagged:

@@ -32,6 +32,15 @@ def test_split_by_bytes() -> None:
         assert len(json.loads(body)) == len(batch.records)
 
 
+def test_body_is_the_records_as_one_array() -> None:
+    """The body is exactly "[" + the records joined by "," + "]", at every size."""
+    for count in range(4):
+        batch = Batch.of_records(Endpoint.IMPORT, [b'{"n":%d}' % i for i in range(count)])
+        expected = "[" + ",".join(f'{{"n":{i}}}' for i in range(count)) + "]"
+        assert batch.body() == expected.encode()
+        assert len(batch.body()) == batch.size
+
+
 def test_endpoint_order_and_identity_first() -> None:
     """Sent as /import (identity events first), /engage, /groups; order kept within."""
     messages: List[Message] = [
