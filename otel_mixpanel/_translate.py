@@ -95,8 +95,6 @@ def is_tagged(attributes: Optional[Mapping[str, Any]]) -> bool:
     except (RuntimeError, TypeError):  # changed while read, or a name that is not a str
         prefixes = c.PREFIXES
         return any(isinstance(name, str) and name.startswith(prefixes) for name in attributes)
-    if text.startswith(c.PREFIXES):  # tagged spans tend to lead with their tags
-        return True
     if "mixpanel" not in text:
         return False
     text = "\0" + text
