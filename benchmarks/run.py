@@ -642,7 +642,7 @@ def table(args: argparse.Namespace) -> str:
     try:
         n = 5_000 if args.quick else BURST
         callers = caller_costs(local, sink, n)
-        worker = worker_costs(local, 2000, 3 if args.quick else 5)
+        worker = worker_costs(local, 2000, 3 if args.quick else 9)
         bursts = {how: burst(local, how) for how in ("configure", "zero-code", "by-hand")}
         events = 10_000 if args.quick else BURST
         noop_rate = throughput(local, events, noop=True)

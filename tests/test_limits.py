@@ -50,6 +50,21 @@ class TestValues:
         assert "bad" not in out.properties and out.properties["good"] == 1.5
         assert stats.snapshot()["dropped"] == {"non_finite_number": 1}
 
+    @pytest.mark.parametrize("count", [0, 10, 100, 250])
+    def test_an_event_within_every_limit_passes_as_it_is(self, count: int) -> None:
+        """Nothing to change: the very event goes on, with nothing counted."""
+        stats = Stats()
+        original = event(**{f"property_{i}": "v" if i % 2 else i for i in range(count)})
+        assert limit(original, stats) is original
+        assert stats.snapshot()["adjusted"] == {} and stats.snapshot()["dropped"] == {}
+
+    def test_one_long_name_among_many_is_dropped(self) -> None:
+        """Many short names and one of 256 characters: only that one goes."""
+        stats = Stats()
+        out = limit(event(**{f"p{i}": i for i in range(100)}, **{"n" * 256: 1}), stats)
+        assert "n" * 256 not in out.properties and out.properties["p99"] == 99
+        assert stats.snapshot()["dropped"] == {"property_name_too_long": 1}
+
     def test_too_many_properties(self) -> None:
         """400 properties become 254, the required ones kept."""
         stats = Stats()
