@@ -35,7 +35,11 @@ class Event:
     def payload(self, token: Optional[str]) -> Dict[str, Any]:
         """The record as ``/import`` takes it (authenticated per request, no
         token); it shares the event's properties, so treat it as read-only."""
-        return {"event": self.name, "properties": self.properties}
+        properties = self.properties
+        return {
+            "event": self.name,
+            "properties": properties if type(properties) is dict else dict(properties),
+        }
 
     @property
     def insert_id(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 from typing import List
 
 from otel_mixpanel._batch import MAX_RECORD_BYTES, Batch, encode, make_batches
@@ -39,6 +40,12 @@ def test_body_is_the_records_as_one_array() -> None:
         expected = "[" + ",".join(f'{{"n":{i}}}' for i in range(count)) + "]"
         assert batch.body() == expected.encode()
         assert len(batch.body()) == batch.size
+
+
+def test_an_event_of_any_mapping_is_encoded() -> None:
+    """Properties held in a read-only mapping encode like a dict."""
+    event = Event("E", MappingProxyType({"a": 1, "d": 5e-5}))
+    assert encode(event, None, Stats()) == b'{"event":"E","properties":{"a":1,"d":5e-05}}'
 
 
 def test_endpoint_order_and_identity_first() -> None:
