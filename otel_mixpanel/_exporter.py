@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from opentelemetry import context as otel_context
 
@@ -33,6 +33,8 @@ except ImportError:  # pragma: no cover - very old API
 
 # The library's own loggers: their records never become Mixpanel events.
 OWN_LOGGER_PREFIX = "otel_mixpanel"
+# Resources live as long as their provider: a handful per process, unless made per record.
+_MAX_CACHED_RESOURCES = 64
 
 
 class MixpanelExporterBase:
@@ -120,7 +122,7 @@ class MixpanelExporterBase:
             retry_policy=retry_policy, spool=spool,
         )
         self._retry_pause = (retry_policy or RetryPolicy()).outage_pause
-        self._resource_properties: Dict[int, Mapping[str, Any]] = {}
+        self._resource_properties: Dict[int, Tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
         self._lock = threading.Lock()
         self._is_shut_down = False
         self._replayer: Optional[threading.Thread] = None
@@ -133,12 +135,15 @@ class MixpanelExporterBase:
         """The chosen resource attributes as event properties, cached per resource."""
         key = id(attributes)
         cached = self._resource_properties.get(key)
-        if cached is None:
+        # The entry holds the attributes themselves: while cached they cannot be
+        # collected, so their id cannot pass to another resource's.
+        if cached is None or cached[0] is not attributes:
             names = self._settings.resource_attributes
-            cached = {name: attributes[name] for name in names if name in attributes}
-            # Resources live as long as their provider: a handful per process.
-            self._resource_properties[key] = cached
-        return cached
+            properties = {name: attributes[name] for name in names if name in attributes}
+            if len(self._resource_properties) >= _MAX_CACHED_RESOURCES:
+                self._resource_properties.clear()  # resources made per record: stay bounded
+            cached = self._resource_properties[key] = (attributes, properties)
+        return cached[1]
 
     def _deliver(self, records: Iterable[Record]) -> bool:
         """Translate and send; False after shutdown, on any error, or when a

@@ -105,6 +105,25 @@ def test_untagged_spans_send_nothing(mixpanel: LocalMixpanel) -> None:
     assert mixpanel.requests == []
 
 
+def test_each_span_carries_its_own_resource(mixpanel: LocalMixpanel) -> None:
+    """Spans of 100 short-lived resources, one after another: each event names its
+    own service (resources come and go, so their memory, and ids, are reused)."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    for i in range(100):
+        memory = InMemorySpanExporter()
+        tracer_provider = TracerProvider(resource=Resource.create({"service.name": f"svc-{i}"}))
+        tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
+        with tracer_provider.get_tracer("test").start_as_current_span("op") as span:
+            span.set_attribute("mixpanel.event", "E")
+        tracer_provider.shutdown()
+        assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+        del memory, tracer_provider, span
+    services = [event["properties"]["service.name"] for event in mixpanel.events]
+    assert services == [f"svc-{i}" for i in range(100)]
+    assert len(exporter._resource_properties) <= 64
+    exporter.shutdown()
+
+
 def test_only_mixpanel_attributes_leave_the_process(mixpanel: LocalMixpanel) -> None:
     """Other attributes of a tagged span are not sent."""
     exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
