@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Type, TypeVar
 
 from opentelemetry import trace
 from opentelemetry._logs import get_logger_provider, set_logger_provider
@@ -27,6 +27,7 @@ from otel_mixpanel.trace import MixpanelSpanExporter
 __all__ = ["MixpanelPipeline", "configure"]
 
 _logger = logging.getLogger(__name__)
+_Provider = TypeVar("_Provider", TracerProvider, LoggerProvider)
 
 # Sized for bursts: 20 000 events offered as fast as a thread can go are all
 # kept even if the worker is stalled (see docs/performance.md); a queued tagged
@@ -219,30 +220,34 @@ def configure(
 
 
 def _global_tracer_provider() -> TracerProvider:
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):
-        return provider
-    if type(provider).__name__ not in ("ProxyTracerProvider", "NoOpTracerProvider"):
-        raise ConfigurationError(
-            f"the global tracer provider is a {type(provider).__name__}, not the SDK's "
-            "TracerProvider: pass tracer_provider= to configure()"
-        )
-    created = TracerProvider()
-    trace.set_tracer_provider(created)
-    return created
+    return _global_provider(
+        "tracer", trace.get_tracer_provider, trace.set_tracer_provider, TracerProvider
+    )
 
 
 def _global_logger_provider() -> LoggerProvider:
-    provider = get_logger_provider()
-    if isinstance(provider, LoggerProvider):
+    return _global_provider("logger", get_logger_provider, set_logger_provider, LoggerProvider)
+
+
+def _global_provider(
+    signal: str,
+    get: Callable[[], object],
+    set_global: Callable[[Any], None],
+    sdk_class: Type[_Provider],
+) -> _Provider:
+    """The global provider when it is the SDK's; a new SDK one, made global, when
+    none is set yet (the API's proxy or no-op); otherwise a clear error."""
+    provider = get()
+    if isinstance(provider, sdk_class):
         return provider
-    if type(provider).__name__ not in ("ProxyLoggerProvider", "NoOpLoggerProvider"):
+    kind = sdk_class.__name__
+    if type(provider).__name__ not in (f"Proxy{kind}", f"NoOp{kind}"):
         raise ConfigurationError(
-            f"the global logger provider is a {type(provider).__name__}, not the SDK's "
-            "LoggerProvider: pass logger_provider= to configure()"
+            f"the global {signal} provider is a {type(provider).__name__}, not the SDK's "
+            f"{kind}: pass {signal}_provider= to configure()"
         )
-    created = LoggerProvider()
-    set_logger_provider(created)
+    created = sdk_class()
+    set_global(created)
     return created
 
 

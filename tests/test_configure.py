@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import Iterator
+from typing import Iterator, List
 
 import pytest
 import structlog
@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_mixpanel import ConfigurationError, configure
+from otel_mixpanel._configure import _global_provider
 from otel_mixpanel.structlog import MixpanelProcessor
 from otel_mixpanel.testing import LocalMixpanel
 
@@ -165,3 +166,28 @@ def test_failed_call_leaves_nothing_behind(
     assert len(mixpanel.events) == 1
     assert mixpanel.profiles["u"] == {"credits": 10}
     pipeline.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("signal", "sdk_class"), [("tracer", TracerProvider), ("logger", LoggerProvider)]
+)
+def test_global_provider_is_used_made_or_refused(signal: str, sdk_class: type) -> None:
+    """The SDK's global provider is used; the API's placeholder is replaced by a
+    new SDK provider made global; anything else is a clear error."""
+    made: List[object] = []
+    existing = sdk_class()
+    assert _global_provider(signal, lambda: existing, made.append, sdk_class) is existing
+    assert made == []
+
+    placeholder = type(f"Proxy{sdk_class.__name__}", (), {})()
+    created = _global_provider(signal, lambda: placeholder, made.append, sdk_class)
+    assert isinstance(created, sdk_class) and made == [created]
+
+    foreign = type("VendorProvider", (), {})()
+    with pytest.raises(ConfigurationError) as raised:
+        _global_provider(signal, lambda: foreign, made.append, sdk_class)
+    assert str(raised.value) == (
+        f"the global {signal} provider is a VendorProvider, not the SDK's "
+        f"{sdk_class.__name__}: pass {signal}_provider= to configure()"
+    )
+    created.shutdown()
