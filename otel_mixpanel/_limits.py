@@ -187,18 +187,6 @@ class Limits:
             if len(name) > MAX_NAME_LENGTH:
                 self._stats.dropped("property_name_too_long", detail=name[:40])
                 continue
-            # Inline the common cases of _value (no call, same result): a short
-            # str, a safe int, a finite float, a bool or None.
-            kind = type(raw_value)
-            if (
-                (kind is str and len(raw_value) <= 63)
-                or raw_value is None
-                or kind is bool
-                or (kind is int and -MAX_SAFE_INTEGER <= raw_value <= MAX_SAFE_INTEGER)
-                or (kind is float and -math.inf < raw_value < math.inf)
-            ):
-                cleaned[name] = raw_value
-                continue
             value = self._value(raw_value, 0, name)
             if value is _DROP:
                 continue
