@@ -24,6 +24,10 @@ REGION_HOSTS = {
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RESOURCE_ATTRIBUTES = ("service.name",)
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_QUEUE_MAX_BYTES = 64 * 1024 * 1024
+# Long enough to ride out a short blip at Mixpanel's backoff (2 s, then 4 s, 8 s,
+# each plus 1-5 s of jitter): a fault with 7 s to go is outlasted by the second retry.
+DEFAULT_SHUTDOWN_TIMEOUT = 20.0
 COMPRESSIONS = ("gzip", "none")
 
 
@@ -42,6 +46,8 @@ class Settings:
     trace_ids: bool = True
     spool_dir: Optional[str] = None
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     property_allowlist: Optional[FrozenSet[str]] = None
     property_denylist: FrozenSet[str] = frozenset()
 
@@ -106,19 +112,21 @@ def is_loopback(hostname: str) -> bool:
         return False
 
 
-def _resolve_timeout(timeout: Optional[float], environ: Mapping[str, str]) -> float:
+def _resolve_seconds(
+    timeout: Optional[float], argument: str, variable: str, default: float,
+    environ: Mapping[str, str],
+) -> float:
     if timeout is None:
-        raw = environ.get(env.OTEL_EXPORTER_MIXPANEL_TIMEOUT, "").strip()
+        raw = environ.get(variable, "").strip()
         if not raw:
-            return DEFAULT_TIMEOUT
+            return default
         try:
             timeout = float(raw)
         except ValueError:
             timeout = float("nan")
     if not timeout > 0 or timeout == float("inf"):
         raise ConfigurationError(
-            f"{_names('timeout', env.OTEL_EXPORTER_MIXPANEL_TIMEOUT)} must be a positive "
-            f"number of seconds, not {timeout!r}"
+            f"{_names(argument, variable)} must be a positive number of seconds, not {timeout!r}"
         )
     return float(timeout)
 
@@ -155,19 +163,21 @@ def _resolve_names(
     return frozenset(name.strip() for name in raw.split(",") if name.strip())
 
 
-def _resolve_spool_max_bytes(value: Optional[int], environ: Mapping[str, str]) -> int:
+def _resolve_bytes(
+    value: Optional[int], argument: str, variable: str, default: int,
+    environ: Mapping[str, str],
+) -> int:
     if value is None:
-        raw = environ.get(env.OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES, "").strip()
+        raw = environ.get(variable, "").strip()
         if not raw:
-            return DEFAULT_SPOOL_MAX_BYTES
+            return default
         try:
             value = int(raw)
         except ValueError:
             value = 0
     if value <= 0:
         raise ConfigurationError(
-            f"{_names('spool_max_bytes', env.OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES)} must be "
-            "a positive number of bytes"
+            f"{_names(argument, variable)} must be a positive number of bytes"
         )
     return value
 
@@ -203,6 +213,8 @@ def resolve_settings(
     spool_max_bytes: Optional[int] = None,
     property_allowlist: Optional[Iterable[str]] = None,
     property_denylist: Optional[Iterable[str]] = None,
+    queue_max_bytes: Optional[int] = None,
+    shutdown_timeout: Optional[float] = None,
     environ: Optional[Mapping[str, str]] = None,
 ) -> Settings:
     """Resolve every setting, raising :class:`ConfigurationError` for a bad one."""
@@ -242,12 +254,25 @@ def resolve_settings(
         project_id=project_id,
         service_account_username=username,
         service_account_secret=secret,
-        timeout=_resolve_timeout(timeout, environ),
+        timeout=_resolve_seconds(
+            timeout, "timeout", env.OTEL_EXPORTER_MIXPANEL_TIMEOUT, DEFAULT_TIMEOUT, environ
+        ),
         compression=_resolve_compression(compression, environ),
         resource_attributes=_resolve_resource_attributes(resource_attributes, environ),
         trace_ids=_resolve_flag(trace_ids, env.OTEL_EXPORTER_MIXPANEL_TRACE_IDS, True, environ),
         spool_dir=_pick(spool_dir, env.OTEL_EXPORTER_MIXPANEL_SPOOL_DIR, environ),
-        spool_max_bytes=_resolve_spool_max_bytes(spool_max_bytes, environ),
+        spool_max_bytes=_resolve_bytes(
+            spool_max_bytes, "spool_max_bytes", env.OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES,
+            DEFAULT_SPOOL_MAX_BYTES, environ,
+        ),
+        queue_max_bytes=_resolve_bytes(
+            queue_max_bytes, "queue_max_bytes", env.OTEL_EXPORTER_MIXPANEL_QUEUE_MAX_BYTES,
+            DEFAULT_QUEUE_MAX_BYTES, environ,
+        ),
+        shutdown_timeout=_resolve_seconds(
+            shutdown_timeout, "shutdown_timeout", env.OTEL_EXPORTER_MIXPANEL_SHUTDOWN_TIMEOUT,
+            DEFAULT_SHUTDOWN_TIMEOUT, environ,
+        ),
         property_allowlist=_resolve_names(
             property_allowlist, env.OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST, environ
         ),

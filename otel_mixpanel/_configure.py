@@ -15,11 +15,16 @@ from typing import Any, Callable, List, Optional, Type, TypeVar
 from opentelemetry import trace
 from opentelemetry._logs import get_logger_provider, set_logger_provider
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_mixpanel._exceptions import ConfigurationError
+from otel_mixpanel._intake import (
+    DEFAULT_MAX_EXPORT_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_SCHEDULE_DELAY_MILLIS,
+    OrderedLogRecordProcessor,
+    OrderedSpanProcessor,
+)
 from otel_mixpanel.identity import MixpanelIdentityLogProcessor, MixpanelIdentitySpanProcessor
 from otel_mixpanel.logs import MixpanelLogExporter
 from otel_mixpanel.trace import MixpanelSpanExporter
@@ -28,55 +33,9 @@ __all__ = ["MixpanelPipeline", "configure"]
 
 _logger = logging.getLogger(__name__)
 _Provider = TypeVar("_Provider", TracerProvider, LoggerProvider)
-
-# Sized for bursts: 20 000 events offered as fast as a thread can go are all
-# kept even if the worker is stalled (see docs/performance.md); a queued tagged
-# span costs about 3.5 kB, so a full queue holds about 70 MiB per signal.
-DEFAULT_MAX_QUEUE_SIZE = 20_480
-DEFAULT_MAX_EXPORT_BATCH_SIZE = 1_000
-DEFAULT_SCHEDULE_DELAY_MILLIS = 1_000
-QUEUE_FULL = "queue_full"
-_QUEUE_FULL_DETAIL = "the batch processor's queue was full; raise max_queue_size"
-
-
-def _sdk_queue(processor: Any) -> Any:
-    """The SDK's internal batch deque, or None on an SDK without one (then
-    nothing is counted and the SDK's own "Queue full" line remains). The SDK
-    keeps the same deque for the processor's life (a fork only clears it)."""
-    queue = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
-    return queue if getattr(queue, "maxlen", None) is not None else None
-
-
-class _CountingBatchSpanProcessor(BatchSpanProcessor):
-    """The SDK's processor, plus a count of what its full queue drops
-    (``stats()["dropped"]["queue_full"]``, one log line a minute)."""
-
-    def __init__(self, exporter: MixpanelSpanExporter, **settings: Any) -> None:
-        super().__init__(exporter, **settings)
-        self._mixpanel_stats = exporter._stats
-        self._mixpanel_queue = _sdk_queue(self)
-
-    def on_end(self, span: Any) -> None:
-        queue = self._mixpanel_queue
-        # One len() per span: the app thread pays for this check.
-        if queue is not None and len(queue) >= queue.maxlen and span.context.trace_flags.sampled:
-            self._mixpanel_stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
-        super().on_end(span)
-
-
-class _CountingBatchLogRecordProcessor(BatchLogRecordProcessor):
-    """Likewise for log records."""
-
-    def __init__(self, exporter: MixpanelLogExporter, **settings: Any) -> None:
-        super().__init__(exporter, **settings)
-        self._mixpanel_stats = exporter._stats
-        self._mixpanel_queue = _sdk_queue(self)
-
-    def on_emit(self, log_record: Any) -> None:
-        queue = self._mixpanel_queue
-        if queue is not None and len(queue) >= queue.maxlen:
-            self._mixpanel_stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
-        super().on_emit(log_record)
+# How long shutdown() waits beyond the exporters' delivery budget for the
+# final accounting and its log line.
+_SHUTDOWN_MARGIN = 2.0
 
 _configured: weakref.WeakKeyDictionary[Any, MixpanelPipeline] = weakref.WeakKeyDictionary()
 _configure_lock = threading.Lock()
@@ -107,20 +66,25 @@ class MixpanelPipeline:
         self._processors = processors
         self._undo: List[Callable[[], None]] = []
 
-    def stats(self) -> dict[str, dict[str, dict[str, int]]]:
-        """The counters of both exporters: ``{"spans": {...}, "logs": {...}}``."""
-        return {"spans": self.span_exporter.stats(), "logs": self.log_exporter.stats()}
+    def stats(self) -> dict[str, dict[str, int]]:
+        """The counters of the destination both exporters share (sent, retried,
+        dropped by reason, ...), as :meth:`MixpanelSpanExporter.stats` gives them."""
+        return self.span_exporter.stats()
 
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
-        """Export what our processors hold; returns within *timeout_millis*
-        (the SDK's own flush ignores its timeout), True when all was flushed."""
+        """Export what our processors hold and wait until Mixpanel has answered
+        for all of it; returns within *timeout_millis*, True when it did."""
         return _bounded(
-            lambda: all(p.force_flush() for p in self._processors), timeout_millis
+            lambda: all(p.force_flush(timeout_millis) for p in self._processors), timeout_millis
         )
 
-    def shutdown(self, timeout_millis: int = 10_000) -> bool:
-        """Flush and stop our processors and hooks, within *timeout_millis*;
-        the application's own providers and processors keep running."""
+    def shutdown(self, timeout_millis: Optional[int] = None) -> bool:
+        """Export what our processors hold, keep delivering for at most
+        *timeout_millis* (default: the exporters' ``shutdown_timeout``, 20 s),
+        then stop our processors and hooks; the application's own providers and
+        processors keep running. What could not be delivered stays in the spool,
+        or is counted lost and logged before this returns. True when nothing
+        was left."""
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
@@ -129,12 +93,16 @@ class MixpanelPipeline:
                 if _configured.get(provider) is self:
                     del _configured[provider]
 
+        budget = self.span_exporter._settings.shutdown_timeout
+        if timeout_millis is not None:
+            budget = min(budget, max(0.0, timeout_millis / 1000))
+
         def stop() -> bool:
             for processor in self._processors:
-                processor.shutdown()
-            return True
+                processor.shutdown(budget * 1000)
+            return self.span_exporter._queue.waiting()[0] == 0
 
-        return _bounded(stop, timeout_millis)
+        return _bounded(stop, (budget + _SHUTDOWN_MARGIN) * 1000)
 
 
 def configure(
@@ -160,7 +128,8 @@ def configure(
             (needs ``opentelemetry-instrumentation-logging``).
         structlog: also insert :class:`otel_mixpanel.structlog.MixpanelProcessor`
             into structlog's configured chain, before the renderer.
-        max_queue_size: the batch processors' queue, sized for bursts by default.
+        max_queue_size: the batch buffer both signals share, sized for bursts
+            by default; what a full buffer drops is counted (``queue_full``).
         max_export_batch_size: records per export call.
         schedule_delay_millis: how often the batch processors export.
         exporter_settings: the exporters' keyword arguments (``token``,
@@ -194,17 +163,14 @@ def configure(
             hooks.append(_structlog_hook(logger_provider))
         span_exporter = MixpanelSpanExporter(**exporter_settings)
         log_exporter = MixpanelLogExporter(**exporter_settings)
-        # Keywords only: the two constructors order their arguments differently.
-        span_processor = _CountingBatchSpanProcessor(
-            span_exporter, max_queue_size=max_queue_size,
-            max_export_batch_size=max_export_batch_size,
-            schedule_delay_millis=schedule_delay_millis,
-        )
-        log_processor = _CountingBatchLogRecordProcessor(
-            log_exporter, max_queue_size=max_queue_size,
-            max_export_batch_size=max_export_batch_size,
-            schedule_delay_millis=schedule_delay_millis,
-        )
+        # One ordered buffer behind both: a span's $set and a later log record's
+        # $set reach Mixpanel in the order the application made them.
+        batching = {
+            "max_queue_size": max_queue_size, "max_export_batch_size": max_export_batch_size,
+            "schedule_delay_millis": schedule_delay_millis,
+        }
+        span_processor = OrderedSpanProcessor(span_exporter, **batching)
+        log_processor = OrderedLogRecordProcessor(log_exporter, **batching)
         tracer_provider.add_span_processor(MixpanelIdentitySpanProcessor())
         tracer_provider.add_span_processor(span_processor)
         logger_provider.add_log_record_processor(MixpanelIdentityLogProcessor())

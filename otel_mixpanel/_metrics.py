@@ -18,7 +18,6 @@ from otel_mixpanel._version import __version__
 _INSTRUMENTS = (
     ("otel_mixpanel.records.sent", "sent", "kind"),
     ("otel_mixpanel.records.retried", "retried", "kind"),
-    ("otel_mixpanel.records.spooled", "spooled", "kind"),
     ("otel_mixpanel.records.dropped", "dropped", "reason"),
     ("otel_mixpanel.records.adjusted", "adjusted", "reason"),
 )
@@ -32,6 +31,10 @@ def observe(stats: Stats, meter_provider: Optional[MeterProvider] = None) -> Non
             name, callbacks=[_reader(stats, key, attribute)], unit="{record}",
             description=f"Records {key} by the Mixpanel exporter, by {attribute}",
         )
+    meter.create_observable_gauge(
+        "otel_mixpanel.queue.waiting", callbacks=[_reader(stats, "waiting", "measure")],
+        description="Records and bytes waiting in the sending queue for Mixpanel",
+    )
 
 
 def _reader(

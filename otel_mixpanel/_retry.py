@@ -18,7 +18,8 @@ __all__ = ["RetryPolicy"]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff between attempts; every attempt stays inside one export deadline.
+    """Backoff between failed attempts; the sending queue retries for as long as
+    it takes (no timer drops records).
 
     The defaults follow Mixpanel's guidance. Tests use short ones, e.g.
     ``RetryPolicy(initial=0.01, maximum=0.05, jitter=(0, 0))``.
@@ -27,15 +28,11 @@ class RetryPolicy:
         initial: seconds before the first retry.
         maximum: cap of the doubling delay.
         jitter: a random number of seconds in this range is added to each delay.
-        outage_pause: after an export gives up, seconds during which later
-            exports do not try the network (they spool or drop at once), so that
-            flush and shutdown stay short while Mixpanel is down.
     """
 
     initial: float = 2.0
     maximum: float = 60.0
     jitter: Tuple[float, float] = (1.0, 5.0)
-    outage_pause: float = 30.0
 
     def backoff(self, retry: int, rand: Callable[[float, float], float] = random.uniform) -> float:
         """Seconds to wait before retry number *retry* (0 for the first)."""

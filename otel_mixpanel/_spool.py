@@ -249,23 +249,26 @@ class Spool:
         self.max_bytes = max_bytes
         self._on_drop = on_drop
 
-    def write(self, endpoint: str, records: Sequence[bytes]) -> None:
-        """Durably add one segment, then evict the oldest beyond ``max_bytes``.
+    def write(self, endpoint: str, records: Sequence[bytes]) -> Optional[str]:
+        """Durably add one segment, then evict the oldest beyond ``max_bytes``;
+        the segment's name (names sort oldest first), None if nothing was kept.
 
         Raises ``ValueError`` for a record containing a raw newline, and
         ``OSError`` if the disk fails (nothing partial is left visible).
         """
         if not records:
-            return
+            return None
         records = [bytes(record) for record in records]
         if any(b"\n" in record for record in records):
             raise ValueError("a spooled record must not contain a raw newline byte")
         data = encode_segment(endpoint, records, _clock())
         if len(data) > self.max_bytes:
             self._on_drop("spool_full", len(records))
-            return
-        self._write_atomic(self.directory / _new_segment_name(), data)
+            return None
+        name = _new_segment_name()
+        self._write_atomic(self.directory / name, data)
         self._evict()
+        return name
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         temp = path.with_name(f"{path.name}.{os.getpid()}{TEMP_SUFFIX}")
@@ -330,8 +333,14 @@ class Spool:
         entries.sort(key=lambda item: item[0].name)
         return entries
 
-    def _segment_paths(self) -> List[Path]:
+    def segment_paths(self) -> List[Path]:
+        """The segment files, oldest first."""
         return [path for path, _ in self._sized_segment_paths()]
+
+
+    def rewrite(self, segment: Segment, records: Sequence[bytes]) -> None:
+        """Atomically replace *segment* with one holding only *records*."""
+        self._write_atomic(segment.path, encode_segment(segment.endpoint, records, segment.created))
 
     @staticmethod
     def _read_header(path: Path) -> Optional[Dict[str, Any]]:
@@ -367,7 +376,7 @@ class Spool:
     def segments(self) -> Iterator[Segment]:
         """Verified segments, oldest first; corrupt ones are quarantined and skipped."""
         self._remove_stale_temps()
-        for path in self._segment_paths():
+        for path in self.segment_paths():
             segment = self._load(path)
             if segment is not None:
                 yield segment
@@ -444,7 +453,7 @@ class Spool:
         progress: Optional[ProgressFn],
     ) -> tuple[int, int, Optional[str]]:
         self._remove_stale_temps()
-        paths = self._segment_paths()
+        paths = self.segment_paths()
         total = sum(self._header_count(path) for path in paths)
         sent = done = 0
         for path in paths:
@@ -485,7 +494,7 @@ class Spool:
     def clear(self) -> int:
         """Delete every segment; return how many records they held."""
         deleted = 0
-        for path in self._segment_paths():
+        for path in self.segment_paths():
             count = self._header_count(path)
             try:
                 os.unlink(path)

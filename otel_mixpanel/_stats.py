@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 _logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Stats:
         self._lock = threading.Lock()
         self._sent: Counter[str] = Counter()
         self._retried: Counter[str] = Counter()
-        self._spooled: Counter[str] = Counter()
+        self._waiting: Optional[Callable[[], Tuple[int, int]]] = None
         self._dropped: Counter[str] = Counter()
         self._adjusted: Counter[str] = Counter()
         self._unlogged: Counter[str] = Counter()
@@ -47,9 +47,9 @@ class Stats:
         with self._lock:
             self._retried[kind] += count
 
-    def spooled(self, kind: str, count: int, detail: str = "") -> None:
-        """*count* records of *kind* were written to the spool, to be sent later."""
-        self._record(self._spooled, "spooled", kind, count, detail)
+    def watch_waiting(self, waiting: Callable[[], Tuple[int, int]]) -> None:
+        """Report ``waiting()`` (records, bytes in the sending queue) in snapshots."""
+        self._waiting = waiting
 
     def dropped(self, reason: str, count: int = 1, detail: str = "") -> None:
         """*count* records (or properties) will never reach Mixpanel, for *reason*."""
@@ -66,6 +66,7 @@ class Stats:
         tag = f"{verb}:{reason}"
         with self._lock:
             counter[reason] += count
+            total = counter[reason]
             self._unlogged[tag] += count
             last = self._last_logged.get(tag)
             if last is not None and now - last < LOG_INTERVAL:
@@ -73,7 +74,11 @@ class Stats:
             self._last_logged[tag] = now
             pending = self._unlogged.pop(tag)
         suffix = f" ({detail})" if detail else ""
-        self._logger.warning("Mixpanel: %s %d for reason %s%s", verb, pending, reason, suffix)
+        # "since the last line" and the running total: the numbers add up to stats().
+        self._logger.warning(
+            "Mixpanel: %s %d for reason %s since the last such line, %d in all%s",
+            verb, pending, reason, total, suffix,
+        )
 
     def after_fork(self) -> None:
         """A forked child starts with a free lock (the parent's may have been
@@ -81,13 +86,15 @@ class Stats:
         self._lock = threading.Lock()
 
     def snapshot(self) -> Dict[str, Dict[str, int]]:
-        """A copy of every counter: ``sent``, ``retried`` and ``spooled`` by kind of
-        record, ``dropped`` and ``adjusted`` by reason."""
+        """A copy of every counter: ``sent`` and ``retried`` by kind of record,
+        ``dropped`` and ``adjusted`` by reason, and what is ``waiting`` in the
+        sending queue now (``records``, ``bytes``)."""
+        records, size = self._waiting() if self._waiting is not None else (0, 0)
         with self._lock:
             return {
                 "sent": dict(self._sent),
                 "retried": dict(self._retried),
-                "spooled": dict(self._spooled),
                 "dropped": dict(self._dropped),
                 "adjusted": dict(self._adjusted),
+                "waiting": {"records": records, "bytes": size},
             }

@@ -29,10 +29,10 @@ from opentelemetry.sdk.environment_variables import (
 )
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_mixpanel._configure import (
+from otel_mixpanel._intake import (
     DEFAULT_MAX_QUEUE_SIZE,
-    _CountingBatchLogRecordProcessor,
-    _CountingBatchSpanProcessor,
+    OrderedLogRecordProcessor,
+    OrderedSpanProcessor,
 )
 from otel_mixpanel.identity import MixpanelIdentityLogProcessor, MixpanelIdentitySpanProcessor
 from otel_mixpanel.logs import MixpanelLogExporter
@@ -51,8 +51,9 @@ class MixpanelConfigurator(_OTelSDKConfigurator):
         log_processors.insert(0, MixpanelIdentityLogProcessor())
         hooks = inspect.signature(_initialize_components).parameters
         if "export_span_processor" in hooks and "export_log_record_processor" in hooks:
-            # Our exporters get configure()'s burst-sized queue (unless the
-            # variable sets one) and counted queue-full drops; others keep the SDK's.
+            # Our exporters get configure()'s one ordered, burst-sized buffer for
+            # both signals (unless the variable sets its size) and counted
+            # queue-full drops; other exporters keep the SDK's processors.
             kwargs.setdefault("export_span_processor", _span_processor)
             kwargs.setdefault("export_log_record_processor", _log_processor)
         super()._configure(  # type: ignore[no-untyped-call]
@@ -67,15 +68,13 @@ def _queue_size(variable: str) -> Optional[int]:
 
 def _span_processor(exporter: Any, *args: Any, **kwargs: Any) -> Any:
     if isinstance(exporter, MixpanelSpanExporter):
-        return _CountingBatchSpanProcessor(
-            exporter, max_queue_size=_queue_size(OTEL_BSP_MAX_QUEUE_SIZE)
-        )
+        return OrderedSpanProcessor(exporter, max_queue_size=_queue_size(OTEL_BSP_MAX_QUEUE_SIZE))
     return BatchSpanProcessor(exporter, *args, **kwargs)
 
 
 def _log_processor(exporter: Any, *args: Any, **kwargs: Any) -> Any:
     if isinstance(exporter, MixpanelLogExporter):
-        return _CountingBatchLogRecordProcessor(
+        return OrderedLogRecordProcessor(
             exporter, max_queue_size=_queue_size(OTEL_BLRP_MAX_QUEUE_SIZE)
         )
     return BatchLogRecordProcessor(exporter, *args, **kwargs)

@@ -14,10 +14,12 @@ __all__ = [
     "OTEL_EXPORTER_MIXPANEL_PROJECT_ID",
     "OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST",
     "OTEL_EXPORTER_MIXPANEL_PROPERTY_DENYLIST",
+    "OTEL_EXPORTER_MIXPANEL_QUEUE_MAX_BYTES",
     "OTEL_EXPORTER_MIXPANEL_REGION",
     "OTEL_EXPORTER_MIXPANEL_RESOURCE_ATTRIBUTES",
     "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_SECRET",
     "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_USERNAME",
+    "OTEL_EXPORTER_MIXPANEL_SHUTDOWN_TIMEOUT",
     "OTEL_EXPORTER_MIXPANEL_SPOOL_DIR",
     "OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES",
     "OTEL_EXPORTER_MIXPANEL_TIMEOUT",
@@ -46,7 +48,9 @@ OTEL_EXPORTER_MIXPANEL_API_HOST = "OTEL_EXPORTER_MIXPANEL_API_HOST"
 overrides the region. Plain ``http`` is accepted for loopback hosts only."""
 
 OTEL_EXPORTER_MIXPANEL_TIMEOUT = "OTEL_EXPORTER_MIXPANEL_TIMEOUT"
-"""Seconds one export may take, retries included (default 10)."""
+"""Seconds one request to Mixpanel may take, and the longest ``export()``
+waits for its records to be answered while Mixpanel answers (default 10).
+No timer drops records: what is not answered stays in the sending queue."""
 
 OTEL_EXPORTER_MIXPANEL_COMPRESSION = "OTEL_EXPORTER_MIXPANEL_COMPRESSION"
 """``gzip`` (default) or ``none``; applies to ``/import`` only, since
@@ -61,11 +65,22 @@ OTEL_EXPORTER_MIXPANEL_TRACE_IDS = "OTEL_EXPORTER_MIXPANEL_TRACE_IDS"
 ``span_id`` properties linking them to their trace."""
 
 OTEL_EXPORTER_MIXPANEL_SPOOL_DIR = "OTEL_EXPORTER_MIXPANEL_SPOOL_DIR"
-"""A directory for the durable spool (off when unset): what Mixpanel cannot
-take within the retry budget is kept there and re-sent later."""
+"""A directory for the sending queue's disk backend (off when unset: the queue
+is in memory): records wait there, durably, until Mixpanel answers for them,
+across restarts."""
 
 OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES = "OTEL_EXPORTER_MIXPANEL_SPOOL_MAX_BYTES"
 """The spool's size bound in bytes (default 64 MiB); the oldest records go first."""
+
+OTEL_EXPORTER_MIXPANEL_QUEUE_MAX_BYTES = "OTEL_EXPORTER_MIXPANEL_QUEUE_MAX_BYTES"
+"""The in-memory sending queue's size bound in bytes (default 64 MiB), counted
+as held (records waiting during an outage are compressed); the oldest records
+go first, counted as ``sending_queue_full``."""
+
+OTEL_EXPORTER_MIXPANEL_SHUTDOWN_TIMEOUT = "OTEL_EXPORTER_MIXPANEL_SHUTDOWN_TIMEOUT"
+"""Seconds ``shutdown()`` keeps delivering what waits (default 20; a shorter
+timeout given by the provider wins). What is left then stays in the spool, or
+is counted lost (``undelivered_at_shutdown``) with the memory queue."""
 
 OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST = "OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST"
 """Comma-separated property names: when set, only these (and ``time``,

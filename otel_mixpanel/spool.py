@@ -1,7 +1,7 @@
 """Inspect and replay a spool directory on demand.
 
-Exporters with ``spool_dir=`` replay their spool by themselves; these functions
-are for everything else: a one-off recovery after an outage, a cron job, the
+Exporters with ``spool_dir=`` keep their sending queue there and send it by
+themselves, a restart included; these functions are for everything else: a one-off recovery after an outage, a cron job, the
 command line::
 
     from otel_mixpanel.spool import replay_spool, spool_status
@@ -18,12 +18,14 @@ directory at the same time makes this one return at once (``locked=True``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 from otel_mixpanel._config import resolve_settings
-from otel_mixpanel._delivery import Delivery
+from otel_mixpanel._model import Endpoint
+from otel_mixpanel._queue import Client
 from otel_mixpanel._retry import RetryPolicy
 from otel_mixpanel._spool import ReplayResult, Spool, SpoolStatus
+from otel_mixpanel._stats import Stats
 from otel_mixpanel._transport import Transport
 
 __all__ = ["ReplayResult", "SpoolStatus", "replay_spool", "spool_status"]
@@ -51,11 +53,25 @@ def replay_spool(
     Raises:
         ConfigurationError: missing credentials or an invalid setting.
     """
-    spool = Spool(directory)
-    delivery = Delivery(
-        resolve_settings(**settings), transport=transport, retry_policy=retry_policy
-    )
+    settings_ = resolve_settings(**settings)
+    stats = Stats()
+    client = Client(settings_, transport)
+
+    def send(endpoint: str, records: List[bytes]) -> Sequence[int]:
+        try:
+            target = Endpoint(endpoint)
+        except ValueError:
+            # Not ours to send (a damaged or foreign header): leave the spool, counted.
+            stats.dropped("spool_unknown_endpoint", len(records), detail=endpoint[:40])
+            return []
+        outcome = client.attempt(target, records, settings_.timeout, stats)
+        if outcome.too_large:  # one record at a time rather than giving up
+            return [i for i in outcome.remaining
+                    if client.attempt(target, [records[i]], settings_.timeout, stats).remaining]
+        return outcome.remaining
+
+    del retry_policy  # one pass: a failure ends it, and the records stay for the next
     try:
-        return spool.replay(delivery.replay, progress=progress)
+        return Spool(directory).replay(send, progress=progress)
     finally:
-        delivery.close()
+        client.close()

@@ -11,7 +11,7 @@ from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel.testing import LocalMixpanel
 
 # Short backoffs for tests; users keep Mixpanel's real ones.
-FAST = RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0), outage_pause=60)
+FAST = RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0))
 
 
 def emit(provider: TracerProvider, count: int, prefix: str = "E", counter: str = "") -> None:

@@ -79,19 +79,20 @@ def test_beside_an_otlp_pipeline_with_flags(mixpanel: LocalMixpanel, app: Path) 
 
 
 def test_burst_sized_counting_queue_in_zero_code(mixpanel: LocalMixpanel, tmp_path: Path) -> None:
-    """Our exporter gets configure()'s burst-sized queue that counts queue-full
-    drops; another exporter beside it keeps the SDK's default processor."""
+    """Our exporter gets configure()'s burst-sized ordered buffer that counts
+    queue-full drops; another exporter beside it keeps the SDK's default processor."""
     probe = tmp_path / "probe.py"
     probe.write_text(
         "from opentelemetry import trace\n"
         "for p in trace.get_tracer_provider()._active_span_processor._span_processors:\n"
         "    queue = getattr(getattr(p, '_batch_processor', None), '_queue', None)\n"
-        "    print(type(p).__name__, getattr(queue, 'maxlen', None))\n"
+        "    size = getattr(getattr(p, '_intake', None), '_max_queue_size', None)\n"
+        "    print(type(p).__name__, size or getattr(queue, 'maxlen', None))\n"
     )
     env = base_env(mixpanel)
     env.update(OTEL_TRACES_EXPORTER="console,mixpanel", OTEL_LOGS_EXPORTER="mixpanel")
     result = instrument([], env, probe)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "_CountingBatchSpanProcessor 20480" in lines
+    assert "OrderedSpanProcessor 20480" in lines
     assert "BatchSpanProcessor 2048" in lines

@@ -1,0 +1,235 @@
+"""One ordered batch buffer for a destination's spans and log records.
+
+Two batch processors (one per signal) each hold what they receive for up to
+their schedule delay and export on their own timers, so a profile ``$set``
+made on a span and a later ``$set`` made in a log record can reach the sending
+queue in the wrong order. :func:`otel_mixpanel.configure` and the zero-code
+configurator therefore put both signals through one buffer: the span and log
+processors below append to the same deque in the order the application ended
+its spans and emitted its records, and one worker thread translates each
+batch, in that order, into one submission to the sending queue.
+
+The calling thread pays what the SDK's batch processors charge: a sampled
+check, a length check and a deque append. A full buffer drops the newest
+item, counted as ``queue_full``; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Deque, List, Optional, Tuple
+
+from opentelemetry import context as otel_context
+from opentelemetry.sdk._logs import LogRecordProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+from otel_mixpanel._exporter import MixpanelExporterBase
+from otel_mixpanel._model import Message
+from otel_mixpanel._queue import SendingQueue
+
+try:
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+except ImportError:  # pragma: no cover - very old API
+    _SUPPRESS_INSTRUMENTATION_KEY = otel_context.create_key("suppress_instrumentation")
+
+QUEUE_FULL = "queue_full"
+_QUEUE_FULL_DETAIL = "the batch processor's queue was full; raise max_queue_size"
+# Sized for bursts: 20 000 events offered as fast as a thread can go are all
+# kept even if the worker is stalled (see docs/performance.md).
+DEFAULT_MAX_QUEUE_SIZE = 20_480
+DEFAULT_MAX_EXPORT_BATCH_SIZE = 1_000
+DEFAULT_SCHEDULE_DELAY_MILLIS = 1_000
+_SPAN, _LOG = 0, 1
+_INTAKES: "weakref.WeakValueDictionary[int, Intake]" = weakref.WeakValueDictionary()
+_ALL: "weakref.WeakSet[Intake]" = weakref.WeakSet()
+_registry_lock = threading.Lock()
+
+
+class Intake:
+    """The shared buffer and its worker; the processors are its two doors."""
+
+    def __init__(
+        self,
+        queue: SendingQueue,
+        *,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_export_batch_size: int = DEFAULT_MAX_EXPORT_BATCH_SIZE,
+        schedule_delay_millis: float = DEFAULT_SCHEDULE_DELAY_MILLIS,
+    ) -> None:
+        self.queue = queue
+        self.exporters: List[Optional[MixpanelExporterBase]] = [None, None]
+        self._max_queue_size = max_queue_size
+        self._batch_size = max_export_batch_size
+        self._delay = schedule_delay_millis / 1000
+        self._items: Deque[Tuple[int, Any]] = deque()
+        self._awake = threading.Event()
+        self._export_lock = threading.Lock()
+        self._doors = 0
+        self._shutdown = False
+        self._worker: Optional[threading.Thread] = None
+        _ALL.add(self)
+
+    def open_door(self, kind: int, exporter: MixpanelExporterBase) -> None:
+        self.exporters[kind] = exporter
+        self._doors += 1
+        if self._worker is None:
+            self._start()
+
+    def _start(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="otel-mixpanel-batch", daemon=True)
+        self._worker.start()
+
+    def offer(self, kind: int, item: Any) -> None:
+        """On the application's thread: as cheap as the SDK's batch processor."""
+        items = self._items
+        if self._shutdown:
+            self.queue.stats.dropped("exporter_shut_down", detail="telemetry after shutdown()")
+            return
+        if len(items) >= self._max_queue_size:
+            self.queue.stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
+            return
+        items.append((kind, item))
+        if len(items) >= self._batch_size and not self._awake.is_set():
+            self._awake.set()
+
+    def _run(self) -> None:
+        while not self._shutdown:
+            self._awake.wait(self._delay)
+            self._awake.clear()
+            self._export(everything=False)
+        self._export(everything=True)
+
+    def _export(self, *, everything: bool) -> None:
+        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            with self._export_lock:
+                while self._items:
+                    batch = [self._items.popleft() for _ in range(min(len(self._items),
+                                                                      self._batch_size))]
+                    self._submit(batch)
+                    if not everything and len(self._items) < self._batch_size:
+                        break
+        finally:
+            otel_context.detach(token)
+
+    def _submit(self, batch: List[Tuple[int, Any]]) -> None:
+        """Translate runs of each signal in order, then one submission."""
+        messages: List[Message] = []
+        start = 0
+        for end in range(1, len(batch) + 1):
+            if end == len(batch) or batch[end][0] != batch[start][0]:
+                kind = batch[start][0]
+                exporter = self.exporters[kind]
+                if exporter is not None:
+                    run = [item for _, item in batch[start:end]]
+                    messages.extend(exporter._messages(exporter._records(run)))  # type: ignore[attr-defined]
+                start = end
+        owner = self.exporters[_SPAN] or self.exporters[_LOG]
+        if owner is not None:
+            try:
+                owner._submit(messages)
+            except Exception:  # pragma: no cover - never into the worker loop
+                owner._logger.exception("Mixpanel export failed")
+
+    def force_flush(self, timeout_millis: float) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000
+        self._export(everything=True)
+        return self.queue.flush(max(0.0, deadline - time.monotonic()))
+
+    def close_door(self, timeout_millis: Optional[float]) -> None:
+        """The last door closed: export what is held, then shut the exporters down."""
+        self._doors -= 1
+        if self._doors > 0:
+            self._export(everything=True)
+            return
+        self._shutdown = True
+        self._awake.set()
+        if self._worker is not None:
+            self._worker.join()
+        for exporter in self.exporters:
+            if exporter is not None:
+                exporter.shutdown(timeout_millis)
+
+    def _after_fork(self) -> None:
+        self._items.clear()  # the parent's to export
+        self._awake = threading.Event()
+        self._export_lock = threading.Lock()
+        if not self._shutdown:
+            self._start()
+
+
+def intake_for(exporter: MixpanelExporterBase, **settings: Any) -> Intake:
+    """The intake of *exporter*'s sending queue (made with *settings* on first use)."""
+    queue = exporter._queue
+    with _registry_lock:
+        intake = _INTAKES.get(id(queue))
+        if intake is None or intake.queue is not queue or intake._shutdown:
+            intake = Intake(queue, **{k: v for k, v in settings.items() if v is not None})
+            _INTAKES[id(queue)] = intake
+        return intake
+
+
+class OrderedSpanProcessor(SpanProcessor):
+    """Feeds sampled spans, in the order they end, to the shared intake."""
+
+    def __init__(self, exporter: MixpanelExporterBase, **settings: Any) -> None:
+        self._intake = intake_for(exporter, **settings)
+        self._intake.open_door(_SPAN, exporter)
+        self._done = False
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is not None and context.trace_flags.sampled:
+            self._intake.offer(_SPAN, span)
+
+    def shutdown(self, timeout_millis: Optional[float] = None) -> None:
+        """Export what is held; the last of the two doors also shuts the
+        exporters down (delivering within *timeout_millis* or the exporters'
+        ``shutdown_timeout``)."""
+        if not self._done:
+            self._done = True
+            self._intake.close_door(timeout_millis)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._intake.force_flush(timeout_millis)
+
+
+class OrderedLogRecordProcessor(LogRecordProcessor):
+    """Feeds log records, in the order they are emitted, to the shared intake."""
+
+    def __init__(self, exporter: MixpanelExporterBase, **settings: Any) -> None:
+        self._intake = intake_for(exporter, **settings)
+        self._intake.open_door(_LOG, exporter)
+        self._done = False
+
+    def on_emit(self, log_data: Any) -> None:
+        self._intake.offer(_LOG, log_data)
+
+    emit = on_emit  # the name before SDK 1.35
+
+    def shutdown(self, timeout_millis: Optional[float] = None) -> None:
+        """Export what is held; the last of the two doors also shuts the
+        exporters down (delivering within *timeout_millis* or the exporters'
+        ``shutdown_timeout``)."""
+        if not self._done:
+            self._done = True
+            self._intake.close_door(timeout_millis)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._intake.force_flush(timeout_millis)
+
+
+def _after_fork_in_child() -> None:
+    for intake in list(_ALL):
+        intake._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,135 @@
+"""The disk backend: the sending queue kept in a spool directory.
+
+Every submitted batch becomes a durable segment (see ``otel_mixpanel._spool``
+for the format and its crash guarantees) before it is sent, so what waits
+survives a restart, and a restarted process sends it first. Sending holds the
+directory's exclusive lock from take to settle: several processes may share
+one directory (pre-fork servers); one of them sends at a time, oldest first,
+whoever wrote it. A segment leaves only once Mixpanel answered for every
+record in it; a partial answer rewrites it with the records still to send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from otel_mixpanel._model import Endpoint
+from otel_mixpanel._queue._backend import Backend, Take
+from otel_mixpanel._spool import Segment, Spool, _DirLock, encode_segment
+
+
+class DiskBackend(Backend):
+    """Entries are segment files; tickets are segment names (they sort by age)."""
+
+    def __init__(
+        self,
+        directory: str,
+        max_bytes: int,
+        on_drop: Callable[[str, int], None],
+        on_unknown_endpoint: Callable[[str, int], None],
+    ) -> None:
+        self.spool = Spool(directory, max_bytes=max_bytes, on_drop=on_drop)
+        self._on_unknown_endpoint = on_unknown_endpoint
+        self._lock: Optional[_DirLock] = None
+        self._last: Optional[str] = None
+
+    def append(self, endpoint: Endpoint, records: Sequence[bytes]) -> Optional[str]:
+        name = self.spool.write(endpoint.value, records)
+        if name is not None:
+            self._last = name
+        return name
+
+    def take(self, max_records: int, max_bytes: int) -> Optional[Take]:
+        lock = _DirLock(self.spool.directory)
+        try:
+            if not lock.acquire():
+                return None  # another process is sending this directory
+        except OSError:
+            return None
+        try:
+            take = self._read(max_records, max_bytes)
+        except BaseException:
+            lock.release()
+            raise
+        if take is None:
+            lock.release()
+            return None
+        self._lock = lock
+        return take
+
+    def _read(self, max_records: int, max_bytes: int) -> Optional[Take]:
+        take: Optional[Take] = None
+        size = 2
+        for segment in self.spool.segments():
+            try:
+                endpoint = Endpoint(segment.endpoint)
+            except ValueError:
+                # Not ours to send (a damaged or foreign header): leave the spool, counted.
+                self._on_unknown_endpoint(segment.endpoint, len(segment.records))
+                self._remove(segment)
+                continue
+            if not segment.records:
+                self._remove(segment)
+                continue
+            if take is None:
+                take = Take(endpoint, [])
+            elif endpoint is not take.endpoint:
+                break
+            used = 0
+            for record in segment.records:
+                size += len(record) + 1
+                if take.records and (len(take.records) >= max_records or size > max_bytes):
+                    break
+                take.records.append(record)
+                used += 1
+            if used:
+                take.parts.append((segment, used))
+            if used < len(segment.records):
+                break
+        return take
+
+    def settle(self, take: Take, remaining: Sequence[int]) -> None:
+        try:
+            keep = set(remaining)
+            offset = 0
+            for segment, used in take.parts:
+                left = [r for i, r in enumerate(segment.records[:used]) if offset + i in keep]
+                left += segment.records[used:]
+                offset += used
+                if left:
+                    self.spool.rewrite(segment, left)
+                else:
+                    self._remove(segment)
+        finally:
+            self.release(take)
+
+    def _remove(self, segment: Segment) -> None:
+        with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
+            os.unlink(segment.path)
+
+    def release(self, take: Take) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def answered(self, ticket: Any) -> bool:
+        oldest = self._oldest()
+        return oldest is None or oldest > ticket
+
+    def _oldest(self) -> Optional[str]:
+        paths = self.spool.segment_paths()
+        return paths[0].name if paths else None
+
+    def last_ticket(self) -> Optional[str]:
+        paths = self.spool.segment_paths()
+        return paths[-1].name if paths else None
+
+    def count(self) -> Tuple[int, int]:
+        status = self.spool.status()
+        return status.records, status.bytes
+
+    def waiting_segments(self) -> List[str]:
+        """Names of the segments waiting (for tests and the shutdown line)."""
+        return [path.name for path in self.spool.segment_paths()]

@@ -1,0 +1,69 @@
+"""One sending queue per Mixpanel destination in a process.
+
+Exporters with the same delivery settings (and the same transport and retry
+policy) share one queue: their records wait in one line, one thread sends
+them, and one set of counters describes them. The queue closes when the last
+exporter using it shuts down; an exporter made afterwards gets a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Any, Dict, Optional, Tuple
+
+from otel_mixpanel._config import Settings
+from otel_mixpanel._queue._sending import SendingQueue
+from otel_mixpanel._retry import RetryPolicy
+from otel_mixpanel._transport import Transport
+
+_lock = threading.Lock()
+_queues: Dict[Any, Tuple[SendingQueue, int]] = {}
+
+
+def _key(settings: Settings, transport: Optional[Transport], policy: RetryPolicy) -> Any:
+    # What only shapes records before they are queued does not split the queue.
+    delivery = dataclasses.replace(settings, resource_attributes=(), trace_ids=True)
+    return (delivery, transport, policy)
+
+
+def acquire(
+    settings: Settings,
+    *,
+    transport: Optional[Transport] = None,
+    retry_policy: Optional[RetryPolicy] = None,
+) -> Tuple[SendingQueue, bool]:
+    """The queue for *settings*, and whether it was made now; counts one user."""
+    policy = retry_policy or RetryPolicy()
+    key = _key(settings, transport, policy)
+    with _lock:
+        queue, users = _queues.get(key, (None, 0))
+        created = queue is None
+        if queue is None:
+            queue = SendingQueue(settings, transport=transport, retry_policy=policy)
+        _queues[key] = (queue, users + 1)
+    return queue, created
+
+
+def release(queue: SendingQueue, budget: float) -> bool:
+    """One user less; the last one closes the queue within *budget* seconds.
+    True when nothing was left undelivered (or others still use the queue)."""
+    with _lock:
+        for key, (held, users) in list(_queues.items()):
+            if held is queue:
+                if users > 1:
+                    _queues[key] = (held, users - 1)
+                    return True
+                del _queues[key]
+                break
+    return queue.close(budget)
+
+
+def _reset_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

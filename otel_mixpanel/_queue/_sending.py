@@ -1,0 +1,364 @@
+"""The sending queue: the one place records wait, and the one thread that sends.
+
+Every exporter of a process that sends to the same Mixpanel destination hands
+its messages to the same queue (see ``_registry``), so one user's updates go
+out in the order they were handed over, whatever the input. Submitting runs
+on the caller's thread (limits, encoding); sending runs on the queue's own
+thread, one request at a time, oldest records first.
+
+No timer drops data. A record leaves when Mixpanel has answered for it
+(accepted, or refused for good with its reason), or when the byte bound evicts
+it (counted). While Mixpanel fails, the sender backs off as Mixpanel asks (2 s
+doubling to 60 s with jitter, ``Retry-After`` honoured) for as long as it
+takes, and each step sends one small probe rather than the whole queue; the
+first answer resumes full batches. Shutdown keeps delivering within a budget;
+then the disk backend keeps the rest for the next start, and the memory
+backend counts it lost, in one log line written before ``close`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any, List, Optional, Sequence, Tuple
+
+from opentelemetry import context as otel_context
+
+from otel_mixpanel._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_batches
+from otel_mixpanel._config import Settings
+from otel_mixpanel._limits import Limits
+from otel_mixpanel._model import Event, IdentityEvent, Message
+from otel_mixpanel._queue._backend import Backend, MemoryBackend
+from otel_mixpanel._queue._client import KIND, Client
+from otel_mixpanel._queue._disk import DiskBackend
+from otel_mixpanel._retry import RetryPolicy
+from otel_mixpanel._stats import Stats
+from otel_mixpanel._transport import Transport
+
+try:  # the key the batch processors set around export(); our own thread needs it too
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+except ImportError:  # pragma: no cover - very old API
+    _SUPPRESS_INSTRUMENTATION_KEY = otel_context.create_key("suppress_instrumentation")
+
+_logger = logging.getLogger("otel_mixpanel")
+
+PROBE_RECORDS = 1  # while Mixpanel fails, each backoff step sends this many records
+IDLE_SECONDS = 5.0  # the sender thread ends after this long with nothing to send
+LOCK_POLL_SECONDS = 0.05  # another process holds the spool: look again this often
+_QUEUES: "weakref.WeakSet[SendingQueue]" = weakref.WeakSet()
+
+
+class SendingQueue:
+    """Holds encoded records until Mixpanel answers for them, and sends them.
+
+    Args:
+        settings: the destination and the queue's bounds.
+        transport: replaces the HTTP client (tests).
+        retry_policy: backoff between failed attempts.
+        stats: the counters this queue and its submitters share.
+        logger: where the totals line goes at close.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: Optional[Transport] = None,
+        retry_policy: Optional[RetryPolicy] = None,
+        stats: Optional[Stats] = None,
+        logger: logging.Logger = _logger,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats if stats is not None else Stats()
+        self._logger = logger
+        self._policy = retry_policy or RetryPolicy()
+        self._client = Client(settings, transport)
+        self._limits = Limits(
+            self.stats, allowlist=settings.property_allowlist, denylist=settings.property_denylist
+        )
+        self._backend: Backend
+        if settings.spool_dir is not None:
+            self._backend = DiskBackend(
+                settings.spool_dir, settings.spool_max_bytes,
+                on_drop=lambda reason, count: self.stats.dropped(reason, count),
+                on_unknown_endpoint=lambda endpoint, count: self.stats.dropped(
+                    "spool_unknown_endpoint", count, detail=endpoint[:40]
+                ),
+            )
+        else:
+            self._backend = MemoryBackend(settings.queue_max_bytes, self._evicted)
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._sender: Optional[threading.Thread] = None
+        self._failures = 0
+        self.stats.watch_waiting(self.waiting)
+        self._max_records = MAX_BATCH_RECORDS
+        self._closing = False
+        self._closed = False
+        self._deadline = float("inf")
+        _QUEUES.add(self)
+        with self._cond:
+            if self._backend.last_ticket() is not None:
+                self._start_sender()  # a spool from an earlier run goes out first
+
+    # Submitting (the exporters' threads)
+
+    def submit(self, messages: Sequence[Message]) -> Optional[Any]:
+        """Apply the limits, encode, and queue *messages*; the ticket of the last
+        batch queued (for :meth:`wait`), None when nothing was queued."""
+        if self._closed:
+            if messages:
+                self.stats.dropped(
+                    "exporter_shut_down", len(messages), detail="export() called after shutdown()"
+                )
+            return None
+        kept = self._sendable(self._limits.apply(messages))
+        batches = make_batches(kept, self.settings.token, self.stats)
+        ticket = None
+        with self._cond:
+            for batch in batches:
+                try:
+                    added = self._backend.append(batch.endpoint, batch.records)
+                except (OSError, ValueError) as error:
+                    self.stats.dropped(
+                        "spool_write_failed", len(batch.records), detail=type(error).__name__
+                    )
+                    continue
+                if added is not None:
+                    ticket = added
+            if ticket is not None:
+                self._start_sender()
+                self._cond.notify_all()
+        return ticket
+
+    def wait(self, ticket: Any, timeout: float) -> bool:
+        """Wait until every record up to *ticket* is answered: True then; False at
+        once while Mixpanel is failing (the records stay queued), or after *timeout*."""
+        return self._wait_for(ticket, timeout, through_outage=False)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything queued before the call has been answered."""
+        with self._cond:
+            ticket = self._backend.last_ticket()
+        return ticket is None or self._wait_for(ticket, timeout, through_outage=True)
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last attempt failed and the sender is backing off."""
+        return self._failures > 0
+
+    def waiting(self) -> Tuple[int, int]:
+        """``(records, bytes)`` waiting in the queue."""
+        with self._cond:
+            return self._backend.count()
+
+    def _wait_for(self, ticket: Any, timeout: float, *, through_outage: bool) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._backend.answered(ticket):
+                if (self._failures and not through_outage) or self._sender is None:
+                    return False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                # Bounded: the disk backend can be answered by another process.
+                self._cond.wait(min(remaining, 1.0))
+        return True
+
+    def _sendable(self, messages: List[Message]) -> List[Message]:
+        if not self.settings.uses_service_account:
+            merges = [m for m in messages if isinstance(m, IdentityEvent) and m.name == "$merge"]
+            if merges:
+                self.stats.dropped(
+                    "merge_needs_service_account", len(merges),
+                    detail="Mixpanel accepts $merge only with service-account authentication",
+                )
+                messages = [m for m in messages if m not in merges]
+        if self.settings.token is not None:
+            return messages
+        kept: List[Message] = [m for m in messages if isinstance(m, Event)]
+        if len(kept) < len(messages):
+            self.stats.dropped(
+                "no_project_token", len(messages) - len(kept),
+                detail="profile and group updates need the project token "
+                "(OTEL_EXPORTER_MIXPANEL_TOKEN) beside the service account",
+            )
+        return kept
+
+    def _evicted(self, count: int) -> None:
+        self.stats.dropped(
+            "sending_queue_full", count,
+            detail=f"more than {self.settings.queue_max_bytes} bytes waited for Mixpanel; "
+            "raise queue_max_bytes or set spool_dir",
+        )
+
+    # Sending (the queue's own thread)
+
+    def _start_sender(self) -> None:
+        """Under the lock: a sender thread, unless one runs."""
+        if self._sender is not None or self._closed:
+            return
+        self._sender = threading.Thread(target=self._run, name="otel-mixpanel-sender", daemon=True)
+        self._sender.start()
+
+    def _run(self) -> None:
+        # Like the batch processors around export(): our HTTP calls make no spans.
+        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            while self._send_one():
+                pass
+        except Exception:  # pragma: no cover - a bug: say so, keep the records
+            self._logger.exception("Mixpanel sender failed")
+        finally:
+            otel_context.detach(token)
+            with self._cond:
+                if self._sender is threading.current_thread():
+                    self._sender = None
+                self._cond.notify_all()
+
+    def _send_one(self) -> bool:
+        """One request and what follows it; False when the thread should end."""
+        with self._cond:
+            idle_since = time.monotonic()
+            while self._backend.last_ticket() is None:
+                if self._closing:
+                    return False
+                self._max_records = MAX_BATCH_RECORDS
+                self._cond.wait(IDLE_SECONDS)
+                if time.monotonic() - idle_since >= IDLE_SECONDS and (
+                    self._backend.last_ticket() is None
+                ):
+                    # Under the lock, so a submit from now on starts a new sender.
+                    self._sender = None
+                    return False
+            if self._closed:
+                return False
+            limit = PROBE_RECORDS if self._failures else self._max_records
+            take = self._backend.take(limit, MAX_BATCH_BYTES)
+        if take is None:  # another process sends the spool now
+            return not self._pause(LOCK_POLL_SECONDS)
+        timeout = self.settings.timeout
+        if self._closing:
+            timeout = min(timeout, self._deadline - time.monotonic())
+            if timeout <= 0:
+                with self._cond:
+                    self._backend.release(take)
+                return False
+        outcome = self._client.attempt(take.endpoint, take.records, timeout, self.stats)
+        with self._cond:
+            if self._closed:  # shutdown gave up on this request: counted there
+                self._backend.release(take)
+                return False
+            self._backend.settle(take, outcome.remaining)
+            if outcome.too_large:
+                self._max_records = max(1, len(take.records) // 2)
+            self._failures = self._failures + 1 if outcome.retry else 0
+            self._cond.notify_all()
+        if not outcome.retry:
+            return True
+        waiting, _ = self.waiting()
+        self.stats.retried(KIND[take.endpoint], len(outcome.remaining))
+        delay = outcome.retry_after
+        if delay is None:
+            delay = self._policy.backoff(self._failures - 1)
+        self._warn_failing(outcome.error, outcome.status, delay, waiting)
+        return not self._pause(delay)
+
+    def _pause(self, delay: float) -> bool:
+        """Sleep *delay* seconds; True when the sender must stop instead (the
+        shutdown budget cannot hold the wait, or it is spent)."""
+        until = time.monotonic() + delay
+        while True:
+            if self._closed or (self._closing and until >= self._deadline):
+                return True
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            self._wake.wait(left)
+            self._wake.clear()
+
+    def _warn_failing(self, error: Optional[str], status: int, delay: float, waiting: int) -> None:
+        # One line per backoff step at most, and backoff steps grow to a minute.
+        if self._failures in (1, 2) or self._failures % 5 == 0 or status in (401, 403):
+            self._logger.warning(
+                "Mixpanel: attempt %d failed (%s); %d records wait in the sending queue, "
+                "next try in %.1f s", self._failures, error or f"HTTP {status}", waiting, delay,
+            )
+
+    # Closing
+
+    def close(self, budget: float) -> bool:
+        """Keep delivering for at most *budget* seconds, then stop: the disk
+        backend keeps what is left, the memory backend counts it lost. Writes
+        one line with the totals before returning; True when nothing was left."""
+        with self._cond:
+            if self._closed:
+                return True
+            self._closing = True
+            self._deadline = time.monotonic() + max(0.0, budget)
+            self._start_sender()
+            self._cond.notify_all()
+        self._wake.set()
+        with self._cond:
+            while self._backend.last_ticket() is not None and self._sender is not None:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 1.0))
+            self._closed = True
+            sender = self._sender
+            self._cond.notify_all()
+        self._wake.set()
+        if sender is not None:
+            sender.join(0.5)  # a request in flight ends by its own timeout
+        with self._cond:
+            left, _ = self._backend.count()
+            kept = isinstance(self._backend, DiskBackend)
+            if left and not kept:
+                self._backend.discard()
+                self.stats.dropped(
+                    "undelivered_at_shutdown", left,
+                    detail="Mixpanel did not answer within the shutdown budget",
+                )
+        self._client.close()
+        self._log_totals(left if kept else 0)
+        return left == 0
+
+    def _log_totals(self, spooled: int) -> None:
+        snapshot = self.stats.snapshot()
+        sent = sum(snapshot["sent"].values())
+        dropped = snapshot["dropped"]
+        where = f"; {spooled} records wait in {self.settings.spool_dir} for the next start" \
+            if spooled else ""
+        if dropped:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(dropped.items()))
+            self._logger.warning(
+                "Mixpanel exporter shut down: %d records sent; dropped since start: %s%s",
+                sent, reasons, where,
+            )
+        elif spooled:
+            self._logger.warning("Mixpanel exporter shut down: %d records sent%s", sent, where)
+        else:
+            self._logger.info("Mixpanel exporter shut down: %d records sent, none lost", sent)
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks, no sender; the parent's queued records
+        stay the parent's to send."""
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._sender = None
+        self._failures = 0
+        self._backend.after_fork()
+        self.stats.after_fork()
+
+
+def _after_fork_in_child() -> None:
+    for queue in list(_QUEUES):
+        queue._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
