@@ -100,7 +100,7 @@ class MixpanelPipeline:
         def stop() -> bool:
             for processor in self._processors:
                 processor.shutdown(budget * 1000)
-            return self.span_exporter._queue.waiting()[0] == 0
+            return self.span_exporter._queue.delivered_all is True
 
         return _bounded(stop, (budget + _SHUTDOWN_MARGIN) * 1000)
 
@@ -269,7 +269,7 @@ def _structlog_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[]
     return insert
 
 
-def _bounded(action: Callable[[], bool], timeout_millis: int) -> bool:
+def _bounded(action: Callable[[], bool], timeout_millis: float) -> bool:
     """Run *action* on a helper thread and wait at most *timeout_millis*."""
     outcome: List[bool] = []
     worker = threading.Thread(

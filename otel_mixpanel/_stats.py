@@ -51,22 +51,25 @@ class Stats:
         """Report ``waiting()`` (records, bytes in the sending queue) in snapshots."""
         self._waiting = waiting
 
-    def dropped(self, reason: str, count: int = 1, detail: str = "") -> None:
-        """*count* records (or properties) will never reach Mixpanel, for *reason*."""
-        self._record(self._dropped, "dropped", reason, count, detail)
+    def dropped(self, reason: str, count: int = 1, detail: str = "", *, log: bool = True) -> None:
+        """*count* records (or properties) will never reach Mixpanel, for *reason*
+        (``log=False`` when the caller writes its own line right after)."""
+        self._record(self._dropped, "dropped", reason, count, detail if log else None)
 
     def adjusted(self, reason: str, count: int = 1, detail: str = "") -> None:
         """A value was changed to fit Mixpanel's rules (cut, coerced), not lost."""
         self._record(self._adjusted, "adjusted", reason, count, detail)
 
     def _record(
-        self, counter: Counter[str], verb: str, reason: str, count: int, detail: str
+        self, counter: Counter[str], verb: str, reason: str, count: int, detail: Optional[str]
     ) -> None:
         now = self._clock()
         tag = f"{verb}:{reason}"
         with self._lock:
             counter[reason] += count
             total = counter[reason]
+            if detail is None:
+                return
             self._unlogged[tag] += count
             last = self._last_logged.get(tag)
             if last is not None and now - last < LOG_INTERVAL:

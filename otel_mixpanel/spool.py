@@ -1,8 +1,8 @@
 """Inspect and replay a spool directory on demand.
 
 Exporters with ``spool_dir=`` keep their sending queue there and send it by
-themselves, a restart included; these functions are for everything else: a one-off recovery after an outage, a cron job, the
-command line::
+themselves, a restart included; these functions are for everything else: a
+one-off recovery, a cron job, the command line::
 
     from otel_mixpanel.spool import replay_spool, spool_status
 

@@ -146,7 +146,9 @@ class MemoryBackend(Backend):
         for entry in self._entries:
             if entry.endpoint is not endpoint:
                 break
+            held = entry.size
             records = entry.unpacked()
+            self._bytes += entry.size - held
             used = 0
             for record in records:
                 size += len(record) + 1

@@ -17,7 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._queue._backend import Backend, Take
-from otel_mixpanel._spool import Segment, Spool, _DirLock, encode_segment
+from otel_mixpanel._spool import Segment, Spool, _DirLock
 
 
 class DiskBackend(Backend):

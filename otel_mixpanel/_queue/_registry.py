@@ -61,7 +61,7 @@ def release(queue: SendingQueue, budget: float) -> bool:
 
 
 def _reset_after_fork() -> None:
-    global _lock
+    global _lock  # noqa: PLW0603 - a fork while another thread held it would deadlock
     _lock = threading.Lock()
 
 

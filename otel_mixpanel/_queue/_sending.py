@@ -48,7 +48,7 @@ _logger = logging.getLogger("otel_mixpanel")
 PROBE_RECORDS = 1  # while Mixpanel fails, each backoff step sends this many records
 IDLE_SECONDS = 5.0  # the sender thread ends after this long with nothing to send
 LOCK_POLL_SECONDS = 0.05  # another process holds the spool: look again this often
-_QUEUES: "weakref.WeakSet[SendingQueue]" = weakref.WeakSet()
+_QUEUES: weakref.WeakSet[SendingQueue] = weakref.WeakSet()
 
 
 class SendingQueue:
@@ -83,7 +83,7 @@ class SendingQueue:
         if settings.spool_dir is not None:
             self._backend = DiskBackend(
                 settings.spool_dir, settings.spool_max_bytes,
-                on_drop=lambda reason, count: self.stats.dropped(reason, count),
+                on_drop=self.stats.dropped,
                 on_unknown_endpoint=lambda endpoint, count: self.stats.dropped(
                     "spool_unknown_endpoint", count, detail=endpoint[:40]
                 ),
@@ -98,6 +98,7 @@ class SendingQueue:
         self._max_records = MAX_BATCH_RECORDS
         self._closing = False
         self._closed = False
+        self.delivered_all: Optional[bool] = None  # set by close()
         self._deadline = float("inf")
         _QUEUES.add(self)
         with self._cond:
@@ -319,13 +320,11 @@ class SendingQueue:
             kept = isinstance(self._backend, DiskBackend)
             if left and not kept:
                 self._backend.discard()
-                self.stats.dropped(
-                    "undelivered_at_shutdown", left,
-                    detail="Mixpanel did not answer within the shutdown budget",
-                )
+                self.stats.dropped("undelivered_at_shutdown", left, log=False)  # in the line below
         self._client.close()
         self._log_totals(left if kept else 0)
-        return left == 0
+        self.delivered_all = left == 0
+        return self.delivered_all
 
     def _log_totals(self, spooled: int) -> None:
         snapshot = self.stats.snapshot()
