@@ -54,10 +54,10 @@ from otel_mixpanel import (  # noqa: E402
     MixpanelIdentitySpanProcessor,
     MixpanelSpanExporter,
     _batch,
-    _configure,
-    _delivery,
+    _intake,
     autoconfigure,
 )
+from otel_mixpanel._queue import _client  # noqa: E402
 from otel_mixpanel._translate import translate  # noqa: E402
 from otel_mixpanel._transport import HTTPResponse, RequestsTransport, Transport  # noqa: E402
 
@@ -157,10 +157,16 @@ class NoopSpanExporter(SpanExporter):
 
 
 class NoopMixpanelExporter(MixpanelSpanExporter):
-    """Our exporter's type (so the counting processor accepts it), exporting nothing."""
+    """Our exporter's type (so our processors accept it), exporting nothing."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
+
+    def _submit(self, messages: Any) -> bool:  # what the ordered buffer calls
+        return True
+
+    def _messages(self, records: Any) -> Any:
+        return []
 
 
 class NullTransport(Transport):
@@ -227,7 +233,7 @@ def machine() -> str:
         f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"load average {load:.2f} at start; orjson "
         f"{'installed' if _batch._orjson is not None else 'absent'}; "
-        f"gzip level {_delivery.GZIP_LEVEL}"
+        f"gzip level {_client.GZIP_LEVEL}"
     )
 
 
@@ -276,13 +282,13 @@ def caller_costs(local: Child, sink: Optional[Child], n: int) -> List[Row]:
                  "tagged baseline"))
     provider.shutdown()
 
-    # Our span processors alone (identity + counting batch processor), no-op export:
+    # Our span processors alone (identity + the ordered batch buffer), no-op export:
     # what the target "our processors add at most 5 %" is about.
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     provider.add_span_processor(MixpanelIdentitySpanProcessor())
-    provider.add_span_processor(_configure._CountingBatchSpanProcessor(
-        NoopMixpanelExporter(token=token, api_host=url),
-        max_queue_size=_configure.DEFAULT_MAX_QUEUE_SIZE,
+    noop = NoopMixpanelExporter(token=token, api_host=url)
+    provider.add_span_processor(_intake.OrderedSpanProcessor(
+        noop, max_queue_size=_intake.DEFAULT_MAX_QUEUE_SIZE,
     ))
     wall, cpu = tagged_best_of_three(provider.get_tracer("bench"), n)
     rows.append(("tagged span, configure()'s processors, no-op export", wall, cpu,
@@ -421,7 +427,7 @@ def worker_costs(local: Child, n: int, repeats: int) -> Dict[str, float]:
     url, token = local.hello
     spans = finished_spans(n)
     exporter = MixpanelSpanExporter(token=token, api_host=url, transport=NullTransport())
-    stats, delivery = exporter._stats, exporter._delivery
+    stats = exporter._stats
     out: Dict[str, float] = {}
 
     def stage(action: Callable[[], Any]) -> float:
@@ -436,20 +442,20 @@ def worker_costs(local: Child, n: int, repeats: int) -> Dict[str, float]:
         lambda: [m for r in exporter._records(spans) for m in translate(r, stats)]
     )
     messages = [m for r in records for m in translate(r, stats)]
-    out["limits"] = stage(lambda: delivery._limits.apply(messages))
-    limited = delivery._limits.apply(messages)
+    out["limits"] = stage(lambda: exporter._queue._limits.apply(messages))
+    limited = exporter._queue._limits.apply(messages)
     out["serialise"] = stage(lambda: _batch.make_batches(limited, token, stats))
     bodies = [b.body() for b in _batch.make_batches(limited, token, stats)]
-    out["compress"] = stage(lambda: [gzip.compress(b, _delivery.GZIP_LEVEL) for b in bodies])
+    out["compress"] = stage(lambda: [gzip.compress(b, _client.GZIP_LEVEL) for b in bodies])
     for level in (1, 6, 9):
         out[f"gzip level {level}"] = stage(
             lambda lv=level: [gzip.compress(b, lv) for b in bodies]  # type: ignore[misc]
         )
         raw = sum(map(len, bodies))
         out[f"gzip level {level} ratio"] = sum(len(gzip.compress(b, level)) for b in bodies) / raw
-    compressed = [gzip.compress(b, _delivery.GZIP_LEVEL) for b in bodies]
+    compressed = [gzip.compress(b, _client.GZIP_LEVEL) for b in bodies]
     transport = RequestsTransport()
-    headers = dict(delivery._import_headers)
+    headers = dict(exporter._queue._client._import_headers)
     transport.post(f"{url}/import?strict=1", compressed[0], headers, 30)
     out["send"] = stage(
         lambda: [transport.post(f"{url}/import?strict=1", b, headers, 30) for b in compressed]
@@ -501,10 +507,10 @@ def burst(local: Child, how: str) -> Tuple[int, int, int]:
     tracer_provider.force_flush(60_000)
     delivered = local.ask("count")
     if how == "configure":
-        counted = pipeline.stats()["spans"]["dropped"].get(_configure.QUEUE_FULL, 0)
+        counted = pipeline.stats()["dropped"].get(_intake.QUEUE_FULL, 0)
         pipeline.shutdown(30_000)
     else:
-        counted = exporter.stats()["dropped"].get(_configure.QUEUE_FULL, 0)
+        counted = exporter.stats()["dropped"].get(_intake.QUEUE_FULL, 0)
     tracer_provider.shutdown()
     return BURST, int(delivered), counted
 
@@ -518,9 +524,9 @@ def throughput(local: Child, n: int, *, noop: bool = False, latency: float = 0.0
     if noop:
         tracer_provider.add_span_processor(MixpanelIdentitySpanProcessor())
         tracer_provider.add_span_processor(BatchSpanProcessor(
-            NoopSpanExporter(), max_queue_size=_configure.DEFAULT_MAX_QUEUE_SIZE,
-            max_export_batch_size=_configure.DEFAULT_MAX_EXPORT_BATCH_SIZE,
-            schedule_delay_millis=_configure.DEFAULT_SCHEDULE_DELAY_MILLIS,
+            NoopSpanExporter(), max_queue_size=_intake.DEFAULT_MAX_QUEUE_SIZE,
+            max_export_batch_size=_intake.DEFAULT_MAX_EXPORT_BATCH_SIZE,
+            schedule_delay_millis=_intake.DEFAULT_SCHEDULE_DELAY_MILLIS,
         ))
     else:
         pipeline = otel_mixpanel.configure(
@@ -613,7 +619,7 @@ def outage_child(events: int) -> None:
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 samples.append((i, rss, peak))
         elapsed = time.perf_counter() - start
-        stats = pipeline.stats()["spans"]
+        stats = pipeline.stats()
         spool_bytes = sum(p.stat().st_size for p in Path(spool).rglob("*") if p.is_file())
         pipeline.shutdown(5_000)
     print(json.dumps({"samples": samples, "stats": stats, "spool_bytes": spool_bytes,
@@ -681,7 +687,7 @@ def table(args: argparse.Namespace) -> str:
         add(f"| {key} | {worker[key]:.2f} |")
     cpu_total = sum(worker[k] for k in ("translate", "limits", "serialise", "compress"))
     add(f"| **CPU total (translate … compress)** | **{cpu_total:.2f}** |")
-    add(f"| floor: json.dumps + gzip level {_delivery.GZIP_LEVEL} of the same records | "
+    add(f"| floor: json.dumps + gzip level {_client.GZIP_LEVEL} of the same records | "
         f"{worker['floor']:.2f} |")
     add(f"| ratio to the floor (target ≤ 2) | {cpu_total / worker['floor']:.2f} |")
     add(f"| export() end to end without network (includes span reading) | "
@@ -695,9 +701,9 @@ def table(args: argparse.Namespace) -> str:
     add("| set-up | offered | delivered | lost | counted in stats() |")
     add("|---|---|---|---|---|")
     for how, label in (("configure", "configure() defaults (queue "
-                        f"{_configure.DEFAULT_MAX_QUEUE_SIZE}, batch "
-                        f"{_configure.DEFAULT_MAX_EXPORT_BATCH_SIZE}, "
-                        f"{_configure.DEFAULT_SCHEDULE_DELAY_MILLIS} ms)"),
+                        f"{_intake.DEFAULT_MAX_QUEUE_SIZE}, batch "
+                        f"{_intake.DEFAULT_MAX_EXPORT_BATCH_SIZE}, "
+                        f"{_intake.DEFAULT_SCHEDULE_DELAY_MILLIS} ms)"),
                        ("zero-code", "zero-code (opentelemetry-instrument, our configurator)"),
                        ("by-hand", "built by hand, SDK default processor (2048, 512, 5 s)")):
         offered, delivered, counted = bursts[how]
