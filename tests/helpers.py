@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, List, Mapping
 
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel.testing import LocalMixpanel
@@ -37,3 +40,16 @@ def fill_spool(directory: Path, mixpanel: LocalMixpanel, count: int, batch: int 
     provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=batch))
     emit(provider, count, counter="n")
     provider.shutdown()
+
+
+def finished_spans(*attribute_sets: Mapping[str, Any]) -> List[ReadableSpan]:
+    """Real ReadableSpans, one per attribute set (resource ``service.name=shop``)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests")
+    for attributes in attribute_sets:
+        with tracer.start_as_current_span("op", attributes=dict(attributes)):
+            pass
+    provider.shutdown()
+    return list(memory.get_finished_spans())
