@@ -24,8 +24,12 @@ from typing import Any, List, Optional
 from opentelemetry.sdk._configuration import _initialize_components, _OTelSDKConfigurator
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.environment_variables import (
+    OTEL_BLRP_MAX_EXPORT_BATCH_SIZE,
     OTEL_BLRP_MAX_QUEUE_SIZE,
+    OTEL_BLRP_SCHEDULE_DELAY,
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
     OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
 )
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -61,20 +65,37 @@ class MixpanelConfigurator(_OTelSDKConfigurator):
         )
 
 
-def _queue_size(variable: str) -> Optional[int]:
-    """None lets the SDK read the variable the user set; else our default."""
-    return None if os.environ.get(variable) else DEFAULT_MAX_QUEUE_SIZE
+def _queue_size(variable: str) -> int:
+    """The size the user set in *variable*, else our burst-sized default."""
+    return _from_env(variable) or DEFAULT_MAX_QUEUE_SIZE
+
+
+def _from_env(variable: str) -> Optional[int]:
+    """A positive integer the user set, else None (our default applies): the
+    SDK's batch processors read the same variables."""
+    raw = os.environ.get(variable, "").strip()
+    try:
+        value = int(raw) if raw else None
+    except ValueError:
+        value = None
+    return value if value is not None and value > 0 else None
 
 
 def _span_processor(exporter: Any, *args: Any, **kwargs: Any) -> Any:
     if isinstance(exporter, MixpanelSpanExporter):
-        return OrderedSpanProcessor(exporter, max_queue_size=_queue_size(OTEL_BSP_MAX_QUEUE_SIZE))
+        return OrderedSpanProcessor(
+            exporter, max_queue_size=_queue_size(OTEL_BSP_MAX_QUEUE_SIZE),
+            max_export_batch_size=_from_env(OTEL_BSP_MAX_EXPORT_BATCH_SIZE),
+            schedule_delay_millis=_from_env(OTEL_BSP_SCHEDULE_DELAY),
+        )
     return BatchSpanProcessor(exporter, *args, **kwargs)
 
 
 def _log_processor(exporter: Any, *args: Any, **kwargs: Any) -> Any:
     if isinstance(exporter, MixpanelLogExporter):
         return OrderedLogRecordProcessor(
-            exporter, max_queue_size=_queue_size(OTEL_BLRP_MAX_QUEUE_SIZE)
+            exporter, max_queue_size=_queue_size(OTEL_BLRP_MAX_QUEUE_SIZE),
+            max_export_batch_size=_from_env(OTEL_BLRP_MAX_EXPORT_BATCH_SIZE),
+            schedule_delay_millis=_from_env(OTEL_BLRP_SCHEDULE_DELAY),
         )
     return BatchLogRecordProcessor(exporter, *args, **kwargs)
