@@ -44,8 +44,8 @@ DEFAULT_MAX_QUEUE_SIZE = 20_480
 DEFAULT_MAX_EXPORT_BATCH_SIZE = 1_000
 DEFAULT_SCHEDULE_DELAY_MILLIS = 1_000
 _SPAN, _LOG = 0, 1
-_INTAKES: "weakref.WeakValueDictionary[int, Intake]" = weakref.WeakValueDictionary()
-_ALL: "weakref.WeakSet[Intake]" = weakref.WeakSet()
+_INTAKES: weakref.WeakValueDictionary[int, Intake] = weakref.WeakValueDictionary()
+_ALL: weakref.WeakSet[Intake] = weakref.WeakSet()
 _registry_lock = threading.Lock()
 
 
