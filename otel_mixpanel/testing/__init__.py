@@ -6,7 +6,8 @@ project token with an empty password, or a service account with ``?project_id=``
 records and 2 MiB (uncompressed) per request, gzip on ``/import`` only, per-record validation
 with ``strict=1``, and Mixpanel's own answer bodies. It keeps what it accepted, folds profile
 updates into profiles, and can be scripted to fail (rate limits, outages, slow answers, dropped
-connections) with :meth:`LocalMixpanel.fail_next`.
+or reset connections) with :meth:`LocalMixpanel.fail_next` (the next requests) and
+:meth:`LocalMixpanel.fail_for` (every request for a while).
 
 It shares no code with the exporter it judges. Example::
 
@@ -22,6 +23,10 @@ It shares no code with the exporter it judges. Example::
 Scripting a rate limit that the exporter should retry::
 
     mixpanel.fail_next(status=429, headers={"Retry-After": "1"}, endpoint="/import")
+
+An outage of half a second, during which every request is refused::
+
+    mixpanel.fail_for(0.5, status=503)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """HTTP plumbing for the local server: keep-alive HTTP/1.1, and a clean, complete shutdown.
 
 Knows nothing about Mixpanel: each request is handed to a ``Responder`` callback, whose
-:class:`Reply` is written back (or whose ``None`` drops the connection unanswered).
+:class:`Reply` is written back (or whose :class:`Hangup` closes the connection unanswered).
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import contextlib
 import json
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Tuple, Union
 from urllib.parse import parse_qsl, urlsplit
 
 from ._wire import Headers
@@ -41,8 +42,15 @@ class Reply:
         return payload, "text/plain; charset=utf-8" if is_bare else "application/json"
 
 
-#: ``(method, path, query, headers, body) -> Reply``, or ``None`` to drop the connection.
-Responder = Callable[[str, str, Dict[str, str], Headers, bytes], Optional[Reply]]
+@dataclass(frozen=True)
+class Hangup:
+    """No answer: close the connection, with a FIN, or with a TCP RST when ``reset``."""
+
+    reset: bool = False
+
+
+#: ``(method, path, query, headers, body) -> Reply``, or a :class:`Hangup` to answer nothing.
+Responder = Callable[[str, str, Dict[str, str], Headers, bytes], Union[Reply, Hangup]]
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
@@ -156,12 +164,23 @@ class _Handler(BaseHTTPRequestHandler):
             traceback.print_exc()
             message = f"LocalMixpanel internal error: {error!r}"
             reply = Reply(500, {"code": 500, "error": message, "status": "Internal Server Error"})
-        if reply is None:
-            # Closing without a status line is what a crashed server or a reset looks like.
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+        if isinstance(reply, Hangup):
+            self._hang_up(reset=reply.reset)
             return
         self._write(reply)
+
+    def _hang_up(self, *, reset: bool) -> None:
+        # Closing without a status line is what a crashed server or a reset looks like.
+        self.close_connection = True
+        if not reset:
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        # Lingering on with a zero timeout makes close() send RST, not FIN. Closing here, before
+        # socketserver's shutdown(SHUT_WR), keeps a FIN from going out first; the descriptor is
+        # released once the handler closes its rfile (a makefile() of it), and socketserver's
+        # later shutdown and close of the closed socket are no-ops.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

@@ -1,30 +1,22 @@
-"""``LocalMixpanel``: a Mixpanel-compatible ingestion server on loopback, with scripted faults."""
+"""``LocalMixpanel``: the public face of the local Mixpanel server, and its lifecycle.
+
+The work is done elsewhere, so that each part stays small and testable on its own: the HTTP
+plumbing in ``_http``, the serving of one request in ``_serving``, the endpoints in
+``_ingest``, the scripted faults in ``_faults``, and what was received in ``_received``. This
+module configures them, starts and stops the server, and documents the API tests use.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from ._faults import Fault, FaultQueue
-from ._http import LoopbackHTTPServer, Reply
-from ._ingest import (
-    Incoming,
-    Outcome,
-    Settings,
-    default_fault_body,
-    error_body,
-    handle_import,
-    handle_updates,
-)
-from ._profiles import apply_update
+from ._faults import Fault, FaultScript
+from ._http import Hangup, LoopbackHTTPServer, Reply
+from ._ingest import Settings
+from ._received import Received, Record
+from ._serving import Dispatcher, route_path
 from ._wire import Headers, ReceivedRequest, Rejection
-
-# Any, not object: callers index into events and profiles (m.events[0]["properties"]).
-Record = Dict[str, Any]
-_Route = Callable[[Incoming, Settings], Outcome]
-# A GET page beside the ingestion endpoints (the live view): (query, headers) -> Reply.
-_Page = Callable[[Dict[str, str], Headers], Reply]
 
 ENV_TOKEN = "OTEL_EXPORTER_MIXPANEL_TOKEN"
 ENV_API_HOST = "OTEL_EXPORTER_MIXPANEL_API_HOST"
@@ -33,31 +25,14 @@ ENV_SERVICE_ACCOUNT_USERNAME = "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_USERNAME"
 ENV_SERVICE_ACCOUNT_SECRET = "OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_SECRET"
 
 
-def _copy_json(value: object) -> object:
-    """A deep copy of parsed JSON; several times faster than ``copy.deepcopy`` for it."""
-    if isinstance(value, dict):
-        return {key: _copy_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy_json(item) for item in value]
-    return value
-
-
-def _copy_records(records: List[Record]) -> List[Record]:
-    return [{key: _copy_json(value) for key, value in record.items()} for record in records]
-
-
-def _route_path(path: str) -> str:
-    """``"/import/"`` and ``"import"`` both name ``"/import"``."""
-    return "/" + path.strip("/")
-
-
 class LocalMixpanel:
     """A Mixpanel ingestion server (``/import``, ``/engage``, ``/groups``) on loopback.
 
     It enforces Mixpanel's contract (authentication, limits, per-record validation, answer
-    bodies), keeps what it accepted, and can be told to misbehave with :meth:`fail_next`.
-    Use it as a context manager; every accessor returns a copy taken under the lock, so it is
-    safe to read while an exporter is sending.
+    bodies), keeps what it accepted, and can be told to misbehave with :meth:`fail_next` (the
+    next requests) or :meth:`fail_for` (every request for a while). Use it as a context
+    manager; every accessor returns a copy taken under the lock, so it is safe to read while
+    an exporter is sending.
     """
 
     def __init__(
@@ -81,32 +56,18 @@ class LocalMixpanel:
         self.max_bytes = max_bytes
         #: Seconds added before answering every request (a slow network, for benchmarks).
         self.latency = 0.0
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._generation = 0
+        self._received = Received()
+        # The received data's lock, under its old name: the live view holds it for a snapshot.
+        self._lock = self._received.lock
         self._lifecycle = threading.Lock()
         self._server: Optional[LoopbackHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
-        self._faults = FaultQueue()
+        self._faults = FaultScript()
         self._refuse: Optional[Callable[[Record], Optional[str]]] = None
-        self._routes: Dict[Tuple[str, str], _Route] = {
-            ("POST", "/import"): lambda incoming, settings: handle_import(
-                incoming, settings, now=time.time()
-            ),
-            ("POST", "/engage"): handle_updates,
-            ("POST", "/groups"): handle_updates,
-        }
-        # Pages are neither recorded nor subject to faults: a browser polling them must not
-        # consume a scripted fault or grow `requests`.
-        self._pages: Dict[str, _Page] = {}
-        self._requests: List[ReceivedRequest] = []
-        self._events: List[Record] = []
-        self._profile_updates: List[Record] = []
-        self._group_updates: List[Record] = []
-        self._profiles: Dict[str, Record] = {}
-        self._groups: Dict[Tuple[str, str], Record] = {}
-        self._rejected: List[Rejection] = []
+        self._dispatcher = Dispatcher(self._received, self._faults, self._settings)
+        # The GET pages beside the endpoints, by path; the live view adds its own here.
+        self._pages = self._dispatcher.pages
 
     # Lifecycle
 
@@ -181,8 +142,7 @@ class LocalMixpanel:
     @property
     def events(self) -> List[Record]:
         """Every accepted ``/import`` record, duplicates included, in the order handled."""
-        with self._lock:
-            return _copy_records(self._events)
+        return self._received.events()
 
     def unique_events(self) -> List[Record]:
         """Accepted events deduplicated as Mixpanel does, the first of each kept.
@@ -190,22 +150,7 @@ class LocalMixpanel:
         Two events are duplicates when ``event``, ``distinct_id``, ``time`` and ``$insert_id``
         are all equal.
         """
-        with self._lock:
-            seen = set()
-            unique = []
-            for record in self._events:
-                properties = record["properties"]
-                assert isinstance(properties, dict)
-                key = (
-                    record["event"],
-                    properties["distinct_id"],
-                    properties["time"],
-                    properties["$insert_id"],
-                )
-                if key not in seen:
-                    seen.add(key)
-                    unique.append(record)
-            return _copy_records(unique)
+        return self._received.unique_events()
 
     def events_named(self, name: str) -> List[Record]:
         """The :meth:`unique_events` whose ``event`` is ``name``."""
@@ -214,54 +159,36 @@ class LocalMixpanel:
     @property
     def profile_updates(self) -> List[Record]:
         """Every accepted ``/engage`` update object, as received, in the order handled."""
-        with self._lock:
-            return _copy_records(self._profile_updates)
+        return self._received.profile_updates()
 
     @property
     def group_updates(self) -> List[Record]:
         """Every accepted ``/groups`` update object, as received, in the order handled."""
-        with self._lock:
-            return _copy_records(self._group_updates)
+        return self._received.group_updates()
 
     @property
     def profiles(self) -> Dict[str, Record]:
         """User profiles by ``distinct_id``: every accepted update applied in order."""
-        with self._lock:
-            return {key: _copy_records([value])[0] for key, value in self._profiles.items()}
+        return self._received.profiles()
 
     @property
     def groups(self) -> Dict[Tuple[str, str], Record]:
         """Group profiles by ``(group_key, group_id)``: every accepted update applied in order."""
-        with self._lock:
-            return {key: _copy_records([value])[0] for key, value in self._groups.items()}
+        return self._received.groups()
 
     @property
     def requests(self) -> List[ReceivedRequest]:
         """Every request received (faulted ones included), in the order answered."""
-        with self._lock:
-            return list(self._requests)
+        return self._received.requests()
 
     @property
     def rejected(self) -> List[Rejection]:
         """Every record refused by validation (or refused with its batch), with the reason."""
-        with self._lock:
-            return [
-                Rejection(item.endpoint, item.index, _copy_json(item.record), item.reason)
-                for item in self._rejected
-            ]
+        return self._received.rejected()
 
     def clear(self) -> None:
-        """Forget everything received; scripted faults stay queued."""
-        with self._changed:
-            self._requests.clear()
-            self._events.clear()
-            self._profile_updates.clear()
-            self._group_updates.clear()
-            self._profiles.clear()
-            self._groups.clear()
-            self._rejected.clear()
-            self._generation += 1
-            self._changed.notify_all()
+        """Forget everything received; scripted faults stay (see :meth:`clear_faults`)."""
+        self._received.clear()
 
     def wait_for(self, predicate: Callable[[LocalMixpanel], bool], timeout: float = 5.0) -> bool:
         """Wait until ``predicate(self)`` holds, re-checking after every request.
@@ -269,19 +196,7 @@ class LocalMixpanel:
         Returns the predicate's last result: ``False`` if it still fails after ``timeout``
         seconds. The predicate runs outside the lock, so it may use every accessor.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                generation = self._generation
-            if predicate(self):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with self._changed:
-                if self._generation == generation:
-                    # Bounded, so that predicates over things other than requests still poll.
-                    self._changed.wait(min(remaining, 0.1))
+        return self._received.wait_until(lambda: predicate(self), timeout)
 
     # Faults
 
@@ -305,19 +220,46 @@ class LocalMixpanel:
         normally after the delay. A faulted request is recorded in :attr:`requests`, but
         nothing it carries is accepted. Faults queue up in the order they were scripted.
         """
-        if count < 0 or delay < 0:
-            raise ValueError("count and delay must not be negative")
-        fault = Fault(
-            remaining=count,
-            status=status,
-            body=body,
-            headers=dict(headers or {}),
-            delay=delay,
-            drop_connection=drop_connection,
-            endpoint=None if endpoint is None else _route_path(endpoint),
-        )
-        with self._lock:
-            self._faults.add(fault)
+        if count < 0:
+            raise ValueError("count must not be negative")
+        fault = _fault(status, body, headers, delay, drop_connection, False, endpoint)
+        self._faults.add_count(fault, count)
+
+    def fail_for(
+        self,
+        seconds: float,
+        *,
+        status: Optional[int] = 503,
+        body: object = None,
+        headers: Optional[Dict[str, str]] = None,
+        delay: float = 0.0,
+        drop_connection: bool = False,
+        reset_connection: bool = False,
+        endpoint: Optional[str] = None,
+    ) -> None:
+        """Make every request (to ``endpoint``, if given) fail for ``seconds`` from now.
+
+        An outage rather than a number of failures: each request arriving in the window gets
+        the fault as :meth:`fail_next` describes it (``status=None`` with a ``delay`` holds the
+        request, then handles it normally: its records are stored). ``reset_connection`` reads
+        the request, then closes the connection with a TCP RST instead of answering (the
+        client sees "connection reset by peer"). Faults queued with :meth:`fail_next` take
+        precedence while they last; of overlapping windows the latest scripted wins. After the
+        window, requests are handled normally again; one that arrived inside it still
+        completes its fault (e.g. waits out its delay). Example::
+
+            mixpanel.fail_for(0.5, status=503, headers={"Retry-After": "1"})
+        """
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        fault = _fault(status, body, headers, delay, drop_connection, reset_connection, endpoint)
+        self._faults.add_window(fault, seconds)
+
+    def clear_faults(self) -> None:
+        """Forget every scripted fault: those queued with :meth:`fail_next` and the windows of
+        :meth:`fail_for`. Requests already waiting out a fault's delay still complete it.
+        """
+        self._faults.clear()
 
     def refuse_records(self, rule: Optional[Callable[[Record], Optional[str]]]) -> None:
         """Refuse every record (event or update) for which ``rule`` returns a reason.
@@ -328,14 +270,16 @@ class LocalMixpanel:
         still accepted and the refused ones are named in ``failed_records``.
         ``None`` removes the rule.
         """
-        with self._lock:
-            self._refuse = rule
+        self._refuse = rule
 
     @property
     def pending_faults(self) -> int:
-        """How many requests the scripted faults have yet to affect."""
-        with self._lock:
-            return len(self._faults)
+        """How many requests the faults queued with :meth:`fail_next` have yet to affect.
+
+        Windows scripted with :meth:`fail_for` are not counted: they last a time, not a
+        number of requests.
+        """
+        return self._faults.pending()
 
     # Serving (called on connection threads)
 
@@ -351,70 +295,37 @@ class LocalMixpanel:
 
     def _respond(
         self, method: str, path: str, query: Dict[str, str], headers: Headers, body: bytes
-    ) -> Optional[Reply]:
-        route_path = _route_path(path)
-        page = self._pages.get(route_path) if method == "GET" else None
-        if page is not None:
-            return page(query, headers)
-        with self._lock:
-            fault = self._faults.take(route_path)
-        pause = self.latency + (fault.delay if fault else 0.0)
-        if pause > 0:
-            self._stopping.wait(pause)
-        if fault is not None and (fault.drop_connection or fault.status is not None):
-            reply = None
-            if not fault.drop_connection:
-                assert fault.status is not None
-                response = fault.body
-                if response is None:
-                    response = default_fault_body(fault.status, self.max_bytes)
-                reply = Reply(fault.status, response, fault.headers)
-            status, answered = (0, None) if reply is None else (reply.status, reply.response)
-            self._record(ReceivedRequest(method, path, query, headers, body, status, answered))
-            return reply
-        route = self._routes.get((method, route_path))
-        if route is None:
-            outcome = Outcome(404, error_body(404, f"no such endpoint: {method} {path}"))
-        else:
-            outcome = route(Incoming(route_path, query, headers, body), self._settings())
-        request = ReceivedRequest(
-            method, path, query, headers, body, outcome.status, outcome.response
+    ) -> Union[Reply, Hangup]:
+        return self._dispatcher.respond(
+            method, path, query, headers, body, latency=self.latency, stopping=self._stopping
         )
-        self._record(request, route_path, outcome)
-        return Reply(outcome.status, outcome.response)
 
-    def _record(
-        self, request: ReceivedRequest, route_path: str = "", outcome: Optional[Outcome] = None
-    ) -> None:
-        with self._changed:
-            self._requests.append(request)
-            if outcome is not None:
-                self._rejected.extend(outcome.rejections)
-                if route_path == "/import":
-                    self._events.extend(outcome.accepted)
-                elif route_path == "/engage":
-                    self._apply_profile_updates(outcome.accepted)
-                elif route_path == "/groups":
-                    self._apply_group_updates(outcome.accepted)
-            self._generation += 1
-            self._changed.notify_all()
+    @property
+    def _events(self) -> List[Record]:
+        """The accepted events themselves, uncopied: ``benchmarks/run.py`` counts them cheaply."""
+        return self._received.events_list
 
-    def _apply_profile_updates(self, updates: List[Record]) -> None:
-        self._profile_updates.extend(updates)
-        for update in updates:
-            distinct_id = str(update["$distinct_id"])
-            properties = apply_update(self._profiles.get(distinct_id), update)
-            if properties is None:
-                self._profiles.pop(distinct_id, None)
-            else:
-                self._profiles[distinct_id] = properties
 
-    def _apply_group_updates(self, updates: List[Record]) -> None:
-        self._group_updates.extend(updates)
-        for update in updates:
-            key = (str(update["$group_key"]), str(update["$group_id"]))
-            properties = apply_update(self._groups.get(key), update)
-            if properties is None:
-                self._groups.pop(key, None)
-            else:
-                self._groups[key] = properties
+def _fault(
+    status: Optional[int],
+    body: object,
+    headers: Optional[Dict[str, str]],
+    delay: float,
+    drop_connection: bool,
+    reset_connection: bool,
+    endpoint: Optional[str],
+) -> Fault:
+    """The :class:`Fault` that :meth:`LocalMixpanel.fail_next` and ``fail_for`` script."""
+    if delay < 0:
+        raise ValueError("delay must not be negative")
+    if drop_connection and reset_connection:
+        raise ValueError("drop_connection and reset_connection are exclusive")
+    return Fault(
+        status=status,
+        body=body,
+        headers=dict(headers or {}),
+        delay=delay,
+        drop_connection=drop_connection,
+        reset_connection=reset_connection,
+        endpoint=None if endpoint is None else route_path(endpoint),
+    )

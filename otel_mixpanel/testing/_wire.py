@@ -46,9 +46,9 @@ class ReceivedRequest:
     """One HTTP request the server received, and what it answered.
 
     ``body`` is raw, as received (still gzipped if it was sent gzipped); :meth:`json` decodes
-    it. ``status`` is 0 and ``response`` is ``None`` when the connection was dropped on
-    purpose (see ``LocalMixpanel.fail_next``). ``response`` is the JSON value answered (for
-    ``/engage`` without ``verbose=1``, the number ``1`` or ``0``).
+    it. ``status`` is 0 and ``response`` is ``None`` when the connection was dropped or reset
+    on purpose (see ``LocalMixpanel.fail_next`` and ``fail_for``). ``response`` is the JSON
+    value answered (for ``/engage`` without ``verbose=1``, the number ``1`` or ``0``).
     """
 
     method: str

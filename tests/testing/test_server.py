@@ -616,6 +616,136 @@ def test_latency_slows_every_request(mixpanel: LocalMixpanel, session: requests.
     assert len(mixpanel.events) == 3
 
 
+# Fault windows
+
+
+def _import_until_not(
+    session: requests.Session, mixpanel: LocalMixpanel, status: int, *, within: float = 3.0
+) -> int:
+    """POST to /import every 50 ms until the answer is not ``status``; the answer it gets."""
+    deadline = time.monotonic() + within
+    while True:
+        answered = post_import(session, mixpanel, [make_event()]).status_code
+        if answered != status or time.monotonic() > deadline:
+            return answered
+        time.sleep(0.05)
+
+
+def test_fail_for_answers_503_until_the_window_ends(
+    mixpanel: LocalMixpanel, session: requests.Session
+) -> None:
+    """Every request in the window gets the fault; after it, requests are handled again."""
+    started = time.monotonic()
+    mixpanel.fail_for(0.3, status=503)
+    first = post_import(session, mixpanel, [make_event()])
+    assert first.status_code == 503
+    assert first.json()["code"] == 503
+    assert _import_until_not(session, mixpanel, 503) == 200
+    assert time.monotonic() - started >= 0.29
+    statuses = [request.status for request in mixpanel.requests]
+    assert statuses[-1] == 200
+    assert set(statuses[:-1]) == {503}
+    assert len(mixpanel.events) == 1
+    assert mixpanel.pending_faults == 0  # windows are not counted
+
+
+def test_fail_for_passes_retry_after_through(
+    mixpanel: LocalMixpanel, session: requests.Session
+) -> None:
+    """A window's status, headers and Mixpanel's default body reach the client as scripted."""
+    mixpanel.fail_for(2, status=429, headers={"Retry-After": "1"})
+    response = post_import(session, mixpanel, [make_event()])
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"].startswith("Project exceeded rate limits")
+    assert mixpanel.events == []
+
+
+def test_fail_for_reset_connection_is_a_connection_error(
+    mixpanel: LocalMixpanel, session: requests.Session
+) -> None:
+    """reset_connection reads the request, then resets the connection: a ConnectionError."""
+    mixpanel.fail_for(2, reset_connection=True)
+    with pytest.raises(requests.ConnectionError) as raised:
+        post_import(session, mixpanel, [make_event()])
+    assert "ConnectionResetError" in repr(raised.value)  # an RST, not a FIN
+    [reset] = mixpanel.requests
+    assert (reset.status, reset.response) == (0, None)
+    assert reset.json()[0]["event"] == "Signed Up"  # the request was read before the reset
+    assert mixpanel.events == []
+    mixpanel.clear_faults()
+    assert post_import(session, mixpanel, [make_event()]).status_code == 200
+
+
+def test_fail_for_without_status_holds_then_stores(
+    mixpanel: LocalMixpanel, session: requests.Session
+) -> None:
+    """status=None with a delay holds each request, then stores it; a request held inside the
+    window completes its delay even when the window ends first."""
+    mixpanel.fail_for(0.3, status=None, delay=0.4)
+    started = time.monotonic()
+    response = post_import(session, mixpanel, [make_event()])
+    assert time.monotonic() - started >= 0.39
+    assert response.status_code == 200
+    assert len(mixpanel.events) == 1
+    started = time.monotonic()
+    assert post_import(session, mixpanel, [make_event(insert_id="e-2")]).status_code == 200
+    assert time.monotonic() - started < 0.35  # the window is over: no delay
+    assert len(mixpanel.events) == 2
+
+
+def test_fail_for_endpoint_only_hits_that_endpoint(
+    mixpanel: LocalMixpanel, session: requests.Session
+) -> None:
+    """A window for "engage" (any spelling of the path) leaves /import alone."""
+    mixpanel.fail_for(2, status=500, endpoint="engage/")
+    update = {"$token": mixpanel.token, "$distinct_id": "u1", "$set": {"a": 1}}
+    assert post_import(session, mixpanel, [make_event()]).status_code == 200
+    assert post_engage(session, mixpanel, [update]).status_code == 500
+    assert post_engage(session, mixpanel, [update]).status_code == 500
+    assert len(mixpanel.events) == 1
+    assert mixpanel.profile_updates == []
+
+
+def test_counted_faults_take_precedence_over_a_window(
+    mixpanel: LocalMixpanel, session: requests.Session
+) -> None:
+    """fail_next faults are used up first; the window then applies to what is left of it."""
+    mixpanel.fail_for(2, status=503)
+    mixpanel.fail_next(status=429)
+    assert mixpanel.pending_faults == 1
+    statuses = [post_import(session, mixpanel, [make_event()]).status_code for _ in range(2)]
+    assert statuses == [429, 503]
+    assert mixpanel.pending_faults == 0
+
+
+def test_clear_faults_forgets_counted_faults_and_windows(
+    mixpanel: LocalMixpanel, session: requests.Session
+) -> None:
+    """clear_faults() ends every scripted fault at once; clear() keeps them."""
+    mixpanel.fail_next(2, status=429)
+    mixpanel.fail_for(30, status=503)
+    mixpanel.clear()
+    assert post_import(session, mixpanel, [make_event()]).status_code == 429
+    mixpanel.clear_faults()
+    assert mixpanel.pending_faults == 0
+    assert post_import(session, mixpanel, [make_event()]).status_code == 200
+    assert len(mixpanel.events) == 1
+
+
+def test_fail_for_refuses_nonsense(mixpanel: LocalMixpanel) -> None:
+    """Negative durations and delays, or both ways of hanging up at once, are errors."""
+    with pytest.raises(ValueError):
+        mixpanel.fail_for(-1)
+    with pytest.raises(ValueError):
+        mixpanel.fail_for(1, delay=-1)
+    with pytest.raises(ValueError):
+        mixpanel.fail_for(1, drop_connection=True, reset_connection=True)
+    with pytest.raises(ValueError):
+        mixpanel.fail_next(-1)
+    assert mixpanel.pending_faults == 0
+
+
 # Waiting and lifecycle
 
 
