@@ -11,7 +11,9 @@ import datetime as dt
 import gzip
 import json
 import math
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+import threading
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,6 +33,8 @@ from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter
 from otel_mixpanel._convention import KEYS
 from otel_mixpanel._limits import DENYLISTED_DISTINCT_IDS
 from otel_mixpanel.testing import LocalMixpanel
+
+Exporter = TypeVar("Exporter", MixpanelSpanExporter, MixpanelLogExporter)
 
 # Reasons under which a whole top-level event property is removed.
 PROPERTY_DROPS = (
@@ -96,14 +100,49 @@ def emitted_records(
     return list(memory.get_finished_logs())
 
 
+# Every exporter made here, shut down after its test by ``shut_down_exporters``.
+_made: List[Union[MixpanelSpanExporter, MixpanelLogExporter]] = []
+
+
 def span_exporter(server: LocalMixpanel, **kwargs: Any) -> MixpanelSpanExporter:
-    """A span exporter sending to *server*."""
-    return MixpanelSpanExporter(token=server.token, api_host=server.url, **kwargs)
+    """A span exporter sending to *server*, shut down after the test."""
+    exporter = MixpanelSpanExporter(token=server.token, api_host=server.url, **kwargs)
+    _made.append(exporter)
+    return exporter
 
 
 def log_exporter(server: LocalMixpanel, **kwargs: Any) -> MixpanelLogExporter:
-    """A log exporter sending to *server*."""
-    return MixpanelLogExporter(token=server.token, api_host=server.url, **kwargs)
+    """A log exporter sending to *server*, shut down after the test."""
+    exporter = MixpanelLogExporter(token=server.token, api_host=server.url, **kwargs)
+    _made.append(exporter)
+    return exporter
+
+
+@contextmanager
+def shut_down_after(exporter: Exporter) -> Iterator[Exporter]:
+    """Shut *exporter* down at the end of the block: a hypothesis example's
+    exporter must not share its destination's queue, and counters, with the
+    next example's."""
+    try:
+        yield exporter
+    finally:
+        exporter.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def shut_down_exporters() -> Iterator[None]:
+    """After each test: every exporter shut down, no sender thread left running."""
+    before = set(threading.enumerate())
+    yield
+    while _made:
+        exporter = _made.pop()
+        if not exporter._is_shut_down:
+            exporter.shutdown(timeout_millis=1_000)
+    started = [t for t in threading.enumerate()
+               if t.name == "otel-mixpanel-sender" and t not in before]
+    for thread in started:
+        thread.join(timeout=3.0)
+    assert [t for t in started if t.is_alive()] == []
 
 
 def assert_nothing_refused(server: LocalMixpanel) -> None:
@@ -252,14 +291,14 @@ def test_any_span_attributes(
         attrs["mixpanel.event"] = name
     if time_value is not None:
         attrs["mixpanel.time"] = time_value
-    exporter = span_exporter(server)
-    assert exporter.export(finished_spans(attrs)) is SpanExportResult.SUCCESS
-    assert_nothing_refused(server)
-    expected = _named(name, too_early)
-    if expected is not None:
-        assert len([e for e in server.events if e["event"] == expected]) == 1
-    stats = exporter.stats()
-    assert all(count > 0 for kind in ("dropped", "adjusted") for count in stats[kind].values())
+    with shut_down_after(span_exporter(server)) as exporter:
+        assert exporter.export(finished_spans(attrs)) is SpanExportResult.SUCCESS
+        assert_nothing_refused(server)
+        expected = _named(name, too_early)
+        if expected is not None:
+            assert len([e for e in server.events if e["event"] == expected]) == 1
+        stats = exporter.stats()
+        assert all(count > 0 for kind in ("dropped", "adjusted") for count in stats[kind].values())
 
 
 span_property_name = st.one_of(
@@ -289,19 +328,19 @@ def test_span_properties_are_accounted_for(
     attrs: Dict[str, Any] = {"mixpanel.event": "Accounted", "mixpanel.distinct_id": "u"}
     attrs.update({f"mixpanel.properties.{k}": v for k, v in properties.items()})
     attrs.update({f"mixpanel.properties.filler{i}": i for i in range(filler)})
-    exporter = span_exporter(server)
-    assert exporter.export(finished_spans(attrs)) is SpanExportResult.SUCCESS
-    assert_nothing_refused(server)
-    (event,) = server.events_named("Accounted")
-    received = event["properties"]
-    offered = len(properties) + filler + len(SPAN_AUTO)
-    stats = exporter.stats()
-    assert len(received) + property_drops(stats) == offered, stats
-    nonfinite = sum(is_nonfinite(v) for k, v in properties.items() if len(k) <= 255)
-    assert stats["dropped"].get("non_finite_number", 0) == nonfinite
-    sent_names = {as_sent(k) for k in properties} | SPAN_AUTO
-    sent_names |= {f"filler{i}" for i in range(filler)}
-    assert set(received) <= sent_names
+    with shut_down_after(span_exporter(server)) as exporter:
+        assert exporter.export(finished_spans(attrs)) is SpanExportResult.SUCCESS
+        assert_nothing_refused(server)
+        (event,) = server.events_named("Accounted")
+        received = event["properties"]
+        offered = len(properties) + filler + len(SPAN_AUTO)
+        stats = exporter.stats()
+        assert len(received) + property_drops(stats) == offered, stats
+        nonfinite = sum(is_nonfinite(v) for k, v in properties.items() if len(k) <= 255)
+        assert stats["dropped"].get("non_finite_number", 0) == nonfinite
+        sent_names = {as_sent(k) for k in properties} | SPAN_AUTO
+        sent_names |= {f"filler{i}" for i in range(filler)}
+        assert set(received) <= sent_names
 
 
 # Property-based: log records
@@ -363,13 +402,13 @@ def test_any_log_record_attributes(
     timestamp = None if stamp is None else stamp[0]
     if too_early is None and stamp is not None:
         too_early = stamp[1]  # no usable mixpanel.time: the record's own time counts
-    exporter = log_exporter(server)
-    records = emitted_records(attrs, timestamp=timestamp)
-    assert exporter.export(records) is LogRecordExportResult.SUCCESS
-    assert_nothing_refused(server)
-    expected = _named(name, too_early)
-    if expected is not None:
-        assert len([e for e in server.events if e["event"] == expected]) == 1
+    with shut_down_after(log_exporter(server)) as exporter:
+        records = emitted_records(attrs, timestamp=timestamp)
+        assert exporter.export(records) is LogRecordExportResult.SUCCESS
+        assert_nothing_refused(server)
+        expected = _named(name, too_early)
+        if expected is not None:
+            assert len([e for e in server.events if e["event"] == expected]) == 1
 
 
 log_property_name = st.text(min_size=1, max_size=10).filter(lambda n: n not in LOG_AUTO)
@@ -388,23 +427,23 @@ def test_log_properties_are_accounted_for(
     server.clear()
     mapping = dict(properties)
     mapping.update({f"\x00filler{i}": i for i in range(filler)})
-    exporter = log_exporter(server)
-    records = emitted_records({
-        "mixpanel.event": "Accounted", "mixpanel.distinct_id": "u",
-        "mixpanel.properties": mapping,
-    })
-    assert exporter.export(records) is LogRecordExportResult.SUCCESS
-    assert_nothing_refused(server)
-    (event,) = server.events_named("Accounted")
-    stats = exporter.stats()
-    nonfinite = sum(is_nonfinite(v) for k, v in mapping.items() if len(k) <= 255)
-    dropped = stats["dropped"]
-    removed = nonfinite + sum(
-        dropped.get(reason, 0)
-        for reason in ("property_name_too_long", "collection_too_large", "too_many_properties")
-    )
-    assert len(event["properties"]) + removed == len(mapping) + len(LOG_AUTO), stats
-    assert dropped.get("non_finite_number", 0) >= nonfinite
+    with shut_down_after(log_exporter(server)) as exporter:
+        records = emitted_records({
+            "mixpanel.event": "Accounted", "mixpanel.distinct_id": "u",
+            "mixpanel.properties": mapping,
+        })
+        assert exporter.export(records) is LogRecordExportResult.SUCCESS
+        assert_nothing_refused(server)
+        (event,) = server.events_named("Accounted")
+        stats = exporter.stats()
+        nonfinite = sum(is_nonfinite(v) for k, v in mapping.items() if len(k) <= 255)
+        dropped = stats["dropped"]
+        removed = nonfinite + sum(
+            dropped.get(reason, 0)
+            for reason in ("property_name_too_long", "collection_too_large", "too_many_properties")
+        )
+        assert len(event["properties"]) + removed == len(mapping) + len(LOG_AUTO), stats
+        assert dropped.get("non_finite_number", 0) >= nonfinite
 
 
 # Explicit: one per hostile category
@@ -511,10 +550,12 @@ def test_nan_and_infinity(mixpanel: LocalMixpanel) -> None:
 
 
 def test_bytes(mixpanel: LocalMixpanel) -> None:
-    """bytes values (span and log, invalid UTF-8 too) are decoded, counted."""
+    """bytes values (span and log, invalid UTF-8 too) are decoded, counted; the
+    span and log exporters of one destination share its counters."""
     exporter = span_exporter(mixpanel)
     spans = finished_spans({"mixpanel.event": "Bytes", "mixpanel.properties.b": b"ok\xff"})
     assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert exporter.stats()["adjusted"]["bytes_decoded"] == 1
     logs = log_exporter(mixpanel)
     records = emitted_records(
         {"mixpanel.event": "LogBytes", "mixpanel.properties": {"b": b"\xfe" * 300}}
@@ -523,8 +564,8 @@ def test_bytes(mixpanel: LocalMixpanel) -> None:
     assert_nothing_refused(mixpanel)
     assert mixpanel.events_named("Bytes")[0]["properties"]["b"] == "ok\ufffd"
     assert mixpanel.events_named("LogBytes")[0]["properties"]["b"] == "\ufffd" * 85
-    assert exporter.stats()["adjusted"]["bytes_decoded"] == 1
-    assert logs.stats()["adjusted"]["bytes_decoded"] == 1
+    assert exporter.stats()["adjusted"]["bytes_decoded"] == 2
+    assert logs.stats() == exporter.stats()
 
 
 def test_naive_and_aware_datetimes_in_logs(mixpanel: LocalMixpanel) -> None:

@@ -3,27 +3,29 @@ InMemoryMetricReader after real exports to the local Mixpanel."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Tuple
+import time
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
+from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader, Sum
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
+from otel_mixpanel import MixpanelSpanExporter
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import FAST
 
-FAST = RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0))
 # instrument name -> (stats key, attribute name)
-INSTRUMENTS = {
+COUNTERS = {
     "otel_mixpanel.records.sent": ("sent", "kind"),
     "otel_mixpanel.records.retried": ("retried", "kind"),
-    "otel_mixpanel.records.spooled": ("spooled", "kind"),
     "otel_mixpanel.records.dropped": ("dropped", "reason"),
     "otel_mixpanel.records.adjusted": ("adjusted", "reason"),
 }
+WAITING = "otel_mixpanel.queue.waiting"  # a gauge: what waits now, not a running total
+INSTRUMENTS = {**COUNTERS, WAITING: ("waiting", "measure")}
 
 Points = Dict[str, Dict[Tuple[Tuple[str, Any], ...], int]]
 
@@ -42,7 +44,8 @@ def finished_spans(*attribute_sets: Mapping[str, Any]) -> List[ReadableSpan]:
 
 
 def collect(reader: InMemoryMetricReader) -> Points:
-    """Every data point: instrument name -> attributes -> value."""
+    """Every data point: instrument name -> attributes -> value. The counters
+    are monotonic sums of records; the waiting measure is a gauge."""
     points: Points = {}
     data = reader.get_metrics_data()
     assert data is not None
@@ -50,26 +53,47 @@ def collect(reader: InMemoryMetricReader) -> Points:
         for scope_metrics in resource_metrics.scope_metrics:
             assert scope_metrics.scope.name == "otel_mixpanel"
             for metric in scope_metrics.metrics:
-                assert isinstance(metric.data, Sum) and metric.data.is_monotonic
-                assert metric.unit == "{record}"
+                assert metric.name in INSTRUMENTS, metric.name
+                if metric.name == WAITING:
+                    assert isinstance(metric.data, Gauge)
+                else:
+                    assert isinstance(metric.data, Sum) and metric.data.is_monotonic
+                    assert metric.unit == "{record}"
                 for point in metric.data.data_points:
                     key = tuple(sorted((point.attributes or {}).items()))
                     points.setdefault(metric.name, {})[key] = int(point.value)
     return points
 
 
+def agree(points: Points, stats: Mapping[str, Mapping[str, int]]) -> None:
+    """Every instrument shows exactly what ``stats()`` says."""
+    for name, (key, attribute) in INSTRUMENTS.items():
+        expected = {((attribute, label),): count for label, count in stats[key].items()}
+        assert points.get(name, {}) == expected, name
+
+
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll *condition* until it holds or *timeout* seconds passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_counters_as_metrics(mixpanel: LocalMixpanel) -> None:
     """After three events (one with a NaN property), a profile update and one 503
     retried, the metrics carry sent{kind=events}=3, sent{kind=profile_updates}=1,
-    dropped{reason=non_finite_number}=1 and retried{kind=events}=3, and agree with
-    stats() for every counter."""
+    dropped{reason=non_finite_number}=1, retried{kind=events}=3 and nothing
+    waiting, and agree with stats() for every instrument."""
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, timeout=5, retry_policy=FAST,
+        meter_provider=meter_provider,
+    )
     try:
-        exporter = MixpanelSpanExporter(
-            token=mixpanel.token, api_host=mixpanel.url, timeout=5, retry_policy=FAST,
-            meter_provider=meter_provider,
-        )
         mixpanel.fail_next(1, status=503, endpoint="/import")
         spans = finished_spans(
             {"mixpanel.event": "A", "mixpanel.distinct_id": "u"},
@@ -79,7 +103,9 @@ def test_counters_as_metrics(mixpanel: LocalMixpanel) -> None:
              "mixpanel.people.set.plan": "pro"},
         )
         assert exporter.export(spans) is SpanExportResult.SUCCESS
-        assert [r.status for r in mixpanel.requests] == [503, 200, 200]
+        assert exporter.force_flush(10_000)  # export returned at the 503: records waited
+        statuses = [r.status for r in mixpanel.requests]
+        assert statuses[0] == 503 and set(statuses[1:]) == {200}
         assert sorted(e["event"] for e in mixpanel.events) == ["A", "B", "C"]
 
         points = collect(reader)
@@ -90,12 +116,10 @@ def test_counters_as_metrics(mixpanel: LocalMixpanel) -> None:
             (("reason", "non_finite_number"),): 1,
         }
         assert points["otel_mixpanel.records.retried"] == {(("kind", "events"),): 3}
-
-        stats = exporter.stats()
-        for name, (key, attribute) in INSTRUMENTS.items():
-            expected = {((attribute, label),): count for label, count in stats[key].items()}
-            assert points.get(name, {}) == expected, name
+        assert points[WAITING] == {(("measure", "records"),): 0, (("measure", "bytes"),): 0}
+        agree(points, exporter.stats())
     finally:
+        exporter.shutdown()
         meter_provider.shutdown()
 
 
@@ -104,10 +128,10 @@ def test_metrics_follow_later_exports(mixpanel: LocalMixpanel) -> None:
     new totals, still equal to stats()."""
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, meter_provider=meter_provider,
+    )
     try:
-        exporter = MixpanelSpanExporter(
-            token=mixpanel.token, api_host=mixpanel.url, meter_provider=meter_provider,
-        )
         exporter.export(finished_spans({"mixpanel.event": "A"}))
         first = collect(reader)
         assert first["otel_mixpanel.records.sent"] == {(("kind", "events"),): 1}
@@ -121,28 +145,44 @@ def test_metrics_follow_later_exports(mixpanel: LocalMixpanel) -> None:
             (("reason", "string_truncated"),): 1,
         }
         assert exporter.stats()["sent"] == {"events": 3}
+        agree(second, exporter.stats())
     finally:
+        exporter.shutdown()
         meter_provider.shutdown()
 
 
-def test_undelivered_as_metric(mixpanel: LocalMixpanel) -> None:
-    """When Mixpanel stays unavailable past the deadline, dropped{reason=undelivered}
-    and the retries show up as metrics too."""
+def test_waiting_then_undelivered_as_metrics(mixpanel: LocalMixpanel) -> None:
+    """While Mixpanel keeps failing, the waiting gauge shows the record queued
+    and the retries count up; shutdown during the outage moves it to
+    dropped{reason=undelivered_at_shutdown}, and every instrument agrees with
+    stats()."""
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, timeout=5, retry_policy=FAST,
+        shutdown_timeout=0.2, meter_provider=meter_provider,
+    )
     try:
-        exporter = MixpanelSpanExporter(
-            token=mixpanel.token, api_host=mixpanel.url, timeout=0.3, retry_policy=FAST,
-            meter_provider=meter_provider,
-        )
-        mixpanel.fail_next(1000, status=503)
+        mixpanel.fail_next(100_000, status=503)
         assert exporter.export(finished_spans({"mixpanel.event": "E"})) is (
-            SpanExportResult.FAILURE
+            SpanExportResult.SUCCESS
         )
-        points = collect(reader)
-        assert points["otel_mixpanel.records.dropped"] == {(("reason", "undelivered"),): 1}
-        retried = points["otel_mixpanel.records.retried"][(("kind", "events"),)]
-        assert retried >= 1 and retried == exporter.stats()["retried"]["events"]
-        assert "otel_mixpanel.records.sent" not in points
+        assert until(lambda: exporter.stats()["retried"].get("events", 0) >= 2)
+        during = collect(reader)
+        assert during[WAITING][(("measure", "records"),)] == 1
+        assert during[WAITING][(("measure", "bytes"),)] > 0
+        assert during["otel_mixpanel.records.retried"][(("kind", "events"),)] >= 2
+        assert "otel_mixpanel.records.dropped" not in during
+        assert "otel_mixpanel.records.sent" not in during
+    finally:
+        exporter.shutdown()
+    try:
+        after = collect(reader)
+        assert after["otel_mixpanel.records.dropped"] == {
+            (("reason", "undelivered_at_shutdown"),): 1,
+        }
+        assert after[WAITING] == {(("measure", "records"),): 0, (("measure", "bytes"),): 0}
+        assert "otel_mixpanel.records.sent" not in after
+        agree(after, exporter.stats())  # the sender has stopped: the numbers hold still
     finally:
         meter_provider.shutdown()

@@ -112,12 +112,14 @@ def test_rate_limited_lines_add_up_to_stats(
     assert f"property_not_allowed {total}" in messages[-1]  # ...but in the shutdown line
 
 
-def test_no_sender_thread_outlives_an_idle_queue(mixpanel: LocalMixpanel) -> None:
+def test_no_sender_thread_outlives_its_queue(mixpanel: LocalMixpanel) -> None:
+    before = set(threading.enumerate())
     exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
     exporter.export(finished_spans({"mixpanel.event": "A"}))
-    assert any(t.name == "otel-mixpanel-sender" for t in threading.enumerate())
+    started = [t for t in threading.enumerate() if t not in before]
+    assert [t.name for t in started] == ["otel-mixpanel-sender"]
     exporter.shutdown()
-    assert not any(t.name == "otel-mixpanel-sender" for t in threading.enumerate())
+    assert not any(t.is_alive() for t in started)
 
 
 def test_an_abandoned_exporter_lets_its_queue_go(mixpanel: LocalMixpanel) -> None:

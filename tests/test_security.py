@@ -8,7 +8,9 @@ import base64
 import gzip
 import logging
 import socket
-from typing import Any, Dict, Iterator, List, Mapping
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Protocol, TypeVar
 
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
@@ -22,20 +24,16 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_mixpanel import (
-    ConfigurationError,
-    MixpanelLogExporter,
-    MixpanelSpanExporter,
-    RetryPolicy,
-)
+from otel_mixpanel import ConfigurationError, MixpanelLogExporter, MixpanelSpanExporter
 from otel_mixpanel._config import resolve_settings
+from otel_mixpanel._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import FAST
 
 TOKEN = "tok-S3CRET-9f2c7e1a"
 SA_USER = "sa-user-K1w9"
 SA_SECRET = "sa-S3CRET-Zq81x0"
 PROJECT = "424242"
-FAST = RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0))
 TOKEN_BASIC = base64.b64encode(f"{TOKEN}:".encode()).decode()
 SA_BASIC = base64.b64encode(f"{SA_USER}:{SA_SECRET}".encode()).decode()
 SECRETS = (TOKEN, SA_SECRET, TOKEN_BASIC, SA_BASIC, TOKEN_BASIC.rstrip("="),
@@ -80,6 +78,52 @@ def closed_port() -> int:
     return port
 
 
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll *condition* until it holds or *timeout* seconds passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+Exporter = TypeVar("Exporter", bound=MixpanelExporterBase)
+
+
+class ShutDown(Protocol):
+    """The ``shut_down`` fixture: returns its exporter, shut down after the test."""
+
+    def __call__(self, exporter: Exporter) -> Exporter: ...
+
+
+@pytest.fixture(autouse=True)
+def no_sender_outlives_the_test() -> Iterator[None]:
+    """No sender thread a test started is left retrying after it."""
+    before = set(threading.enumerate())
+    yield
+    started = [t for t in threading.enumerate()
+               if t.name == "otel-mixpanel-sender" and t not in before]
+    for thread in started:
+        thread.join(timeout=3.0)
+    assert [t for t in started if t.is_alive()] == []
+
+
+@pytest.fixture
+def shut_down() -> Iterator[ShutDown]:
+    """Pass an exporter through this to have it shut down after the test."""
+    made: List[MixpanelExporterBase] = []
+
+    def track(exporter: Exporter) -> Exporter:
+        made.append(exporter)
+        return exporter
+
+    yield track
+    for exporter in made:
+        if not exporter._is_shut_down:
+            exporter.shutdown(timeout_millis=1_000)
+
+
 @pytest.fixture
 def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """Capture every logger at DEBUG (urllib3's request lines included)."""
@@ -90,57 +134,92 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
 # Credentials
 
 
-def test_refused_token_never_logged(
-    all_logs: pytest.LogCaptureFixture,
-) -> None:
-    """A 401 (the server has another token): the export fails, the logs say why,
-    and neither the token nor its Basic form appears in logs or repr."""
+def refusals(caplog: pytest.LogCaptureFixture) -> List[str]:
+    """The WARNING lines saying Mixpanel refused the credentials."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "refused the credentials" in r.getMessage()]
+
+
+def test_refused_token_never_logged(all_logs: pytest.LogCaptureFixture) -> None:
+    """A 401 (the server has another token): the records wait (a token can be
+    fixed; nothing is dropped), a WARNING says Mixpanel refused the credentials,
+    and neither the token nor its Basic form appears in logs or repr. Once
+    Mixpanel accepts the token, the waiting record is delivered."""
     with LocalMixpanel(token="another-token") as server:
         exporter = MixpanelSpanExporter(
             token=TOKEN, api_host=server.url, timeout=2, retry_policy=FAST
         )
-        result = exporter.export(finished_spans({"mixpanel.event": "E"}))
-        assert result is SpanExportResult.FAILURE
-        assert [r.status for r in server.requests] == [401]
-        assert server.requests[0].headers["Authorization"] == f"Basic {TOKEN_BASIC}"
-    assert exporter.stats()["dropped"] == {"refused_by_mixpanel": 1}
-    assert "refused" in all_logs.text
+        try:
+            result = exporter.export(finished_spans({"mixpanel.event": "E"}))
+            assert result is SpanExportResult.SUCCESS  # queued, not lost
+            assert until(lambda: len(server.requests) >= 3)  # retried, not given up
+            assert {r.status for r in server.requests} == {401}
+            assert server.requests[0].headers["Authorization"] == f"Basic {TOKEN_BASIC}"
+            stats = exporter.stats()
+            assert stats["waiting"]["records"] == 1
+            assert stats["dropped"] == {} and stats["sent"] == {}
+            assert refusals(all_logs)
+            server.token = TOKEN  # the project's token is the exporter's again
+            assert exporter.force_flush(10_000) is True
+            assert [e["event"] for e in server.events] == ["E"]
+            assert exporter.stats()["dropped"] == {}
+        finally:
+            exporter.shutdown(timeout_millis=1_000)
     assert_no_secret(all_logs.text)
     assert_no_secret(repr(exporter))
     assert_no_secret(str(exporter))
 
 
 def test_refused_service_account_never_logged(all_logs: pytest.LogCaptureFixture) -> None:
-    """A 401 for the service account: the secret never appears in logs or repr."""
+    """A 401 for the service account: the record waits, the WARNING says why,
+    and the secret never appears in logs (the shutdown totals included) or repr."""
     with LocalMixpanel(service_account=("other", "other")) as server:
         exporter = MixpanelLogExporter(
             api_host=server.url, project_id=PROJECT, service_account_username=SA_USER,
             service_account_secret=SA_SECRET, timeout=2, retry_policy=FAST,
         )
-        memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
-        provider = LoggerProvider()
-        provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
-        provider.get_logger("app").emit(attributes={"mixpanel.event": "E"})
-        provider.shutdown()
-        result = exporter.export(memory.get_finished_logs())
-        assert result is LogRecordExportResult.FAILURE
-        assert server.requests and server.requests[0].status == 401
-        assert server.requests[0].headers["Authorization"] == f"Basic {SA_BASIC}"
+        try:
+            memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+            provider = LoggerProvider()
+            provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
+            provider.get_logger("app").emit(attributes={"mixpanel.event": "E"})
+            provider.shutdown()
+            result = exporter.export(memory.get_finished_logs())
+            assert result is LogRecordExportResult.SUCCESS  # queued, not lost
+            assert until(lambda: len(server.requests) >= 2)
+            assert {r.status for r in server.requests} == {401}
+            assert server.requests[0].headers["Authorization"] == f"Basic {SA_BASIC}"
+            assert exporter.stats()["waiting"]["records"] == 1
+            assert exporter.stats()["dropped"] == {}
+            assert refusals(all_logs)
+        finally:
+            exporter.shutdown(timeout_millis=200)
+    # What still waited at shutdown is counted, in a totals line without secrets.
+    assert exporter.stats()["dropped"] == {"undelivered_at_shutdown": 1}
+    assert "undelivered_at_shutdown 1" in all_logs.text
     assert_no_secret(all_logs.text)
     assert_no_secret(repr(exporter))
 
 
 def test_connection_refused_never_logs_credentials(all_logs: pytest.LogCaptureFixture) -> None:
-    """Nothing listening: the export fails within its short deadline, the loss is
-    counted, and no credential appears in the logs."""
+    """Nothing listening: export returns at once with the record waiting, the
+    failed attempts are logged; shutdown counts the record undelivered; no
+    credential appears in any of those lines."""
     exporter = MixpanelSpanExporter(
         token=TOKEN, api_host=f"http://127.0.0.1:{closed_port()}", timeout=0.3,
         retry_policy=FAST,
     )
-    result = exporter.export(finished_spans({"mixpanel.event": "E"}))
-    assert result is SpanExportResult.FAILURE
-    assert exporter.stats()["dropped"] == {"undelivered": 1}
-    assert "undelivered" in all_logs.text
+    try:
+        result = exporter.export(finished_spans({"mixpanel.event": "E"}))
+        assert result is SpanExportResult.SUCCESS
+        assert until(lambda: exporter.stats()["retried"].get("events", 0) >= 2)
+        assert exporter.stats()["waiting"]["records"] == 1
+        assert exporter.stats()["dropped"] == {}
+        assert "attempt 1 failed" in all_logs.text
+    finally:
+        exporter.shutdown(timeout_millis=200)
+    assert exporter.stats()["dropped"] == {"undelivered_at_shutdown": 1}
+    assert "undelivered_at_shutdown 1" in all_logs.text
     assert_no_secret(all_logs.text)
     assert_no_secret(repr(exporter))
 
@@ -152,9 +231,16 @@ def test_connection_refused_with_service_account(all_logs: pytest.LogCaptureFixt
         service_account_secret=SA_SECRET, api_host=f"http://127.0.0.1:{closed_port()}",
         timeout=0.3, retry_policy=FAST,
     )
-    spans = finished_spans({"mixpanel.event": "E", "mixpanel.distinct_id": "u",
-                            "mixpanel.people.set.plan": "pro"})
-    assert exporter.export(spans) is SpanExportResult.FAILURE
+    try:
+        spans = finished_spans({"mixpanel.event": "E", "mixpanel.distinct_id": "u",
+                                "mixpanel.people.set.plan": "pro"})
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert until(lambda: exporter.stats()["retried"].get("events", 0) >= 2)
+        assert exporter.stats()["waiting"]["records"] == 2  # the event and the update
+    finally:
+        exporter.shutdown(timeout_millis=200)
+    assert exporter.stats()["dropped"] == {"undelivered_at_shutdown": 2}
+    assert "attempt 1 failed" in all_logs.text
     assert_no_secret(all_logs.text)
 
 
@@ -214,13 +300,13 @@ def test_settings_repr_hides_credentials() -> None:
     assert_no_secret(str(settings))
 
 
-def test_exporter_repr_hides_credentials() -> None:
+def test_exporter_repr_hides_credentials(shut_down: ShutDown) -> None:
     """repr/str of both exporters (never exported) show no credential."""
     for kind in (MixpanelSpanExporter, MixpanelLogExporter):
-        exporter = kind(
+        exporter = shut_down(kind(
             token=TOKEN, project_id=PROJECT, service_account_username=SA_USER,
             service_account_secret=SA_SECRET, api_host="http://127.0.0.1:1",
-        )
+        ))
         assert_no_secret(repr(exporter))
         assert_no_secret(str(exporter))
 
@@ -246,7 +332,7 @@ def test_plain_http_refused_for_other_hosts(api_host: str) -> None:
     ["http://127.0.0.1:{port}", "http://localhost:{port}", "http://[::1]:{port}",
      "http://127.0.0.2:{port}", "https://example.com", "example.com"],
 )
-def test_loopback_http_and_https_accepted(api_host: str) -> None:
+def test_loopback_http_and_https_accepted(api_host: str, shut_down: ShutDown) -> None:
     """http to 127.0.0.0/8, localhost and [::1] is accepted; https anywhere; a bare
     host means https."""
     url = api_host.format(port=8080)
@@ -254,14 +340,14 @@ def test_loopback_http_and_https_accepted(api_host: str) -> None:
     assert settings.base_url.startswith(("http://", "https://"))
     if "://" not in url:
         assert settings.base_url == f"https://{url}"
-    MixpanelSpanExporter(token=TOKEN, api_host=url)
+    shut_down(MixpanelSpanExporter(token=TOKEN, api_host=url))
 
 
-def test_localhost_delivers(mixpanel: LocalMixpanel) -> None:
+def test_localhost_delivers(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """``http://localhost:port`` is a working loopback URL."""
-    exporter = MixpanelSpanExporter(
+    exporter = shut_down(MixpanelSpanExporter(
         token=mixpanel.token, api_host=mixpanel.url.replace("127.0.0.1", "localhost")
-    )
+    ))
     assert exporter.export(finished_spans({"mixpanel.event": "Local"})) is (
         SpanExportResult.SUCCESS
     )
@@ -271,10 +357,10 @@ def test_localhost_delivers(mixpanel: LocalMixpanel) -> None:
 # Only mixpanel.* leaves the process
 
 
-def test_unprefixed_attributes_never_leave(mixpanel: LocalMixpanel) -> None:
+def test_unprefixed_attributes_never_leave(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """Span attributes without the prefix, span-event attributes, log bodies and
     resource attributes other than service.name are in no request body."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     resource = Resource.create({"service.name": "shop", "host.secret": "res-LEAK-1"})
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=resource)
@@ -288,7 +374,7 @@ def test_unprefixed_attributes_never_leave(mixpanel: LocalMixpanel) -> None:
     provider.shutdown()
     assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
 
-    logs = MixpanelLogExporter(token=mixpanel.token, api_host=mixpanel.url)
+    logs = shut_down(MixpanelLogExporter(token=mixpanel.token, api_host=mixpanel.url))
     log_memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     log_provider = LoggerProvider(resource=resource)
     log_provider.add_log_record_processor(SimpleLogRecordProcessor(log_memory))
@@ -309,12 +395,12 @@ def test_unprefixed_attributes_never_leave(mixpanel: LocalMixpanel) -> None:
 # Allow and deny lists
 
 
-def test_denylist_never_sends_denied_names(mixpanel: LocalMixpanel) -> None:
+def test_denylist_never_sends_denied_names(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """Denied names reach neither the event nor the profile's $set; each removal
     is counted as property_not_allowed."""
-    exporter = MixpanelSpanExporter(
+    exporter = shut_down(MixpanelSpanExporter(
         token=mixpanel.token, api_host=mixpanel.url, property_denylist=["email", "phone"]
-    )
+    ))
     spans = finished_spans({
         "mixpanel.event": "E", "mixpanel.distinct_id": "u",
         "mixpanel.properties.email": "deny-LEAK-a@x", "mixpanel.properties.plan": "pro",
@@ -329,12 +415,14 @@ def test_denylist_never_sends_denied_names(mixpanel: LocalMixpanel) -> None:
     assert exporter.stats()["dropped"] == {"property_not_allowed": 3}
 
 
-def test_allowlist_keeps_only_listed_and_required(mixpanel: LocalMixpanel) -> None:
+def test_allowlist_keeps_only_listed_and_required(
+    mixpanel: LocalMixpanel, shut_down: ShutDown
+) -> None:
     """With an allowlist, events carry only listed names plus time, distinct_id and
     $insert_id; profiles only listed names; every other name counted."""
-    exporter = MixpanelSpanExporter(
+    exporter = shut_down(MixpanelSpanExporter(
         token=mixpanel.token, api_host=mixpanel.url, property_allowlist=["plan"]
-    )
+    ))
     spans = finished_spans({
         "mixpanel.event": "E", "mixpanel.distinct_id": "u",
         "mixpanel.properties.plan": "pro", "mixpanel.properties.email": "allow-LEAK",
@@ -352,7 +440,7 @@ def test_allowlist_keeps_only_listed_and_required(mixpanel: LocalMixpanel) -> No
 
 
 def test_lists_from_environment(
-    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch
+    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch, shut_down: ShutDown
 ) -> None:
     """OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST/_DENYLIST, comma-separated (spaces
     allowed): the denylist wins over the allowlist."""
@@ -360,7 +448,7 @@ def test_lists_from_environment(
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST", " plan , email,seats")
     monkeypatch.setenv("OTEL_EXPORTER_MIXPANEL_PROPERTY_DENYLIST", "email")
-    exporter = MixpanelLogExporter()
+    exporter = shut_down(MixpanelLogExporter())
     memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     provider = LoggerProvider(resource=Resource.create({"service.name": "shop"}))
     provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
@@ -379,12 +467,14 @@ def test_lists_from_environment(
     assert exporter.stats()["dropped"] == {"property_not_allowed": 6}
 
 
-def test_required_properties_cannot_be_denied(mixpanel: LocalMixpanel) -> None:
+def test_required_properties_cannot_be_denied(
+    mixpanel: LocalMixpanel, shut_down: ShutDown
+) -> None:
     """Denying time/distinct_id/$insert_id does not break the event."""
-    exporter = MixpanelSpanExporter(
+    exporter = shut_down(MixpanelSpanExporter(
         token=mixpanel.token, api_host=mixpanel.url,
         property_denylist=["time", "distinct_id", "$insert_id"],
-    )
+    ))
     spans = finished_spans({"mixpanel.event": "E", "mixpanel.distinct_id": "u"})
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     assert mixpanel.rejected == []

@@ -3,8 +3,10 @@ real HTTP to the local Mixpanel."""
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Any, Iterator, List
+import time
+from typing import Any, Callable, Iterator, List, Protocol, TypeVar
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -16,8 +18,56 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_mixpanel import ConfigurationError, MixpanelSpanExporter, RetryPolicy
+from otel_mixpanel import ConfigurationError, MixpanelSpanExporter
+from otel_mixpanel._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import FAST
+
+Exporter = TypeVar("Exporter", bound=MixpanelExporterBase)
+SENDER = "otel-mixpanel-sender"
+
+
+class ShutDown(Protocol):
+    """The ``shut_down`` fixture: returns its exporter, shut down after the test."""
+
+    def __call__(self, exporter: Exporter) -> Exporter: ...
+
+
+@pytest.fixture(autouse=True)
+def no_sender_outlives_the_test() -> Iterator[None]:
+    """Every exporter a test makes is shut down: no sender thread it started is
+    left retrying after it (an idle sender would live on for 5 s)."""
+    before = set(threading.enumerate())
+    yield
+    started = [t for t in threading.enumerate() if t.name == SENDER and t not in before]
+    for thread in started:
+        thread.join(timeout=3.0)
+    assert [t for t in started if t.is_alive()] == []
+
+
+@pytest.fixture
+def shut_down() -> Iterator[ShutDown]:
+    """Pass an exporter through this to have it shut down after the test."""
+    made: List[MixpanelExporterBase] = []
+
+    def track(exporter: Exporter) -> Exporter:
+        made.append(exporter)
+        return exporter
+
+    yield track
+    for exporter in made:
+        if not exporter._is_shut_down:
+            exporter.shutdown(timeout_millis=1_000)
+
+
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll *condition* until it holds or *timeout* seconds passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.fixture
@@ -90,25 +140,27 @@ def test_sent_on_the_batch_worker_thread(mixpanel: LocalMixpanel) -> None:
     tracer_provider = TracerProvider()
     exporter = Recording(token=mixpanel.token, api_host=mixpanel.url)
     tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=10))
-    with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
-        span.set_attribute("mixpanel.event", "E")
-    assert mixpanel.wait_for(lambda m: len(m.events) == 1)
-    tracer_provider.shutdown()
+    try:
+        with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.event", "E")
+        assert mixpanel.wait_for(lambda m: len(m.events) == 1)
+    finally:
+        tracer_provider.shutdown()
     assert seen and threading.current_thread().name not in seen
 
 
-def test_untagged_spans_send_nothing(mixpanel: LocalMixpanel) -> None:
+def test_untagged_spans_send_nothing(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """Spans without mixpanel.* attributes (even with user.id) never leave the process."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     spans = finished_spans({"user.id": "u1", "http.route": "/"}, {})
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     assert mixpanel.requests == []
 
 
-def test_each_span_carries_its_own_resource(mixpanel: LocalMixpanel) -> None:
+def test_each_span_carries_its_own_resource(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """Spans of 100 short-lived resources, one after another: each event names its
     own service (resources come and go, so their memory, and ids, are reused)."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     for i in range(100):
         memory = InMemorySpanExporter()
         tracer_provider = TracerProvider(resource=Resource.create({"service.name": f"svc-{i}"}))
@@ -121,21 +173,24 @@ def test_each_span_carries_its_own_resource(mixpanel: LocalMixpanel) -> None:
     services = [event["properties"]["service.name"] for event in mixpanel.events]
     assert services == [f"svc-{i}" for i in range(100)]
     assert len(exporter._resource_properties) <= 64
-    exporter.shutdown()
 
 
-def test_only_mixpanel_attributes_leave_the_process(mixpanel: LocalMixpanel) -> None:
+def test_only_mixpanel_attributes_leave_the_process(
+    mixpanel: LocalMixpanel, shut_down: ShutDown
+) -> None:
     """Other attributes of a tagged span are not sent."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     spans = finished_spans({"mixpanel.event": "E", "http.secret_header": "hunter2"})
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     assert b"hunter2" not in b"".join(r.body for r in mixpanel.requests)
     assert "hunter2" not in str(mixpanel.events)
 
 
-def test_insert_id_is_deterministic_across_exports(mixpanel: LocalMixpanel) -> None:
+def test_insert_id_is_deterministic_across_exports(
+    mixpanel: LocalMixpanel, shut_down: ShutDown
+) -> None:
     """The same span exported twice gives the same $insert_id, so Mixpanel keeps one."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     spans = finished_spans({"mixpanel.event": "Paid", "mixpanel.distinct_id": "u"})
     exporter.export(spans)
     exporter.export(spans)
@@ -145,9 +200,9 @@ def test_insert_id_is_deterministic_across_exports(mixpanel: LocalMixpanel) -> N
     assert len(mixpanel.unique_events()) == 1
 
 
-def test_span_events_are_their_own_events(mixpanel: LocalMixpanel) -> None:
+def test_span_events_are_their_own_events(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """A span event with mixpanel.event is an event with the span's identity and ids."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     spans = finished_spans(
         {"mixpanel.user_id": "u7", "mixpanel.properties.plan": "pro"},
         events=[("click", {"mixpanel.event": "Clicked Buy", "mixpanel.properties.button": "b"}),
@@ -163,9 +218,9 @@ def test_span_events_are_their_own_events(mixpanel: LocalMixpanel) -> None:
     assert props["time"] == spans[0].events[0].timestamp // 1_000_000
 
 
-def test_time_is_span_end_in_ms(mixpanel: LocalMixpanel) -> None:
+def test_time_is_span_end_in_ms(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """The event time is the span's end time, in integer milliseconds."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     spans = finished_spans({"mixpanel.event": "E"})
     exporter.export(spans)
     (event,) = mixpanel.events
@@ -173,9 +228,9 @@ def test_time_is_span_end_in_ms(mixpanel: LocalMixpanel) -> None:
     assert event["properties"]["time"] == spans[0].end_time // 1_000_000
 
 
-def test_identity_events_before_events(mixpanel: LocalMixpanel) -> None:
+def test_identity_events_before_events(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """In one batch, identity events are sent before the events that need them."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     spans = finished_spans(
         {"mixpanel.event": "Browsed", "mixpanel.distinct_id": "anon-1"},
         {"mixpanel.event": "Logged In", "mixpanel.distinct_id": "u1",
@@ -187,13 +242,13 @@ def test_identity_events_before_events(mixpanel: LocalMixpanel) -> None:
     ]
 
 
-def test_merge_with_service_account(mixpanel: LocalMixpanel) -> None:
+def test_merge_with_service_account(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """$merge needs a service account; with one it is accepted."""
     user, secret = mixpanel.service_account
-    exporter = MixpanelSpanExporter(
+    exporter = shut_down(MixpanelSpanExporter(
         token=mixpanel.token, api_host=mixpanel.url, project_id=mixpanel.project_id,
         service_account_username=user, service_account_secret=secret,
-    )
+    ))
     spans = finished_spans({"mixpanel.distinct_id": "a", "mixpanel.merge": "b"})
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     (merge,) = mixpanel.events
@@ -201,9 +256,9 @@ def test_merge_with_service_account(mixpanel: LocalMixpanel) -> None:
     assert merge["properties"]["$distinct_ids"] == ["a", "b"]
 
 
-def test_hostile_values_never_raise(mixpanel: LocalMixpanel) -> None:
+def test_hostile_values_never_raise(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """100 kB strings, NaN and 400 properties: the event still arrives."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     attributes: dict[str, Any] = {"mixpanel.event": "Hostile", "mixpanel.distinct_id": "u"}
     attributes["mixpanel.properties.big"] = "x" * 100_000
     attributes["mixpanel.properties.nan"] = float("nan")
@@ -218,9 +273,9 @@ def test_hostile_values_never_raise(mixpanel: LocalMixpanel) -> None:
     assert dropped["too_many_properties"] > 0
 
 
-def test_export_after_shutdown_fails(mixpanel: LocalMixpanel) -> None:
+def test_export_after_shutdown_fails(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """After shutdown, export returns FAILURE and sends nothing; shutdown is idempotent."""
-    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
     exporter.shutdown()
     exporter.shutdown()
     assert exporter.export(finished_spans({"mixpanel.event": "E"})) is SpanExportResult.FAILURE
@@ -228,26 +283,78 @@ def test_export_after_shutdown_fails(mixpanel: LocalMixpanel) -> None:
     assert exporter.stats()["dropped"] == {"exporter_shut_down": 1}  # counted, not silent
 
 
-def test_failure_is_reported(mixpanel: LocalMixpanel) -> None:
-    """When Mixpanel stays unavailable past the deadline (and no spool is set) the
-    export says FAILURE and counts the loss."""
+def test_outage_keeps_records_waiting_until_mixpanel_answers(
+    mixpanel: LocalMixpanel, shut_down: ShutDown
+) -> None:
+    """While Mixpanel keeps failing, export returns at once (not after its 5 s
+    timeout) and the records wait in the queue, retried, counted in
+    ``stats()["waiting"]``, not dropped; once Mixpanel answers again they are
+    delivered, once."""
+    exporter = shut_down(MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, timeout=5, retry_policy=FAST,
+    ))
+    mixpanel.fail_next(100_000, status=503)
+    spans = finished_spans({"mixpanel.event": "E"}, {"mixpanel.event": "F"})
+    started = time.monotonic()
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert time.monotonic() - started < 2.5
+    assert until(lambda: exporter.stats()["retried"].get("events", 0) >= 3)
+    stats = exporter.stats()
+    assert stats["waiting"]["records"] == 2 and stats["waiting"]["bytes"] > 0
+    assert stats["dropped"] == {} and stats["sent"] == {}
+    assert mixpanel.events == []
+    assert {r.status for r in mixpanel.requests} == {503}
+
+    mixpanel.clear_faults()
+    assert exporter.force_flush(10_000) is True
+    assert sorted(e["event"] for e in mixpanel.events) == ["E", "F"]
+    stats = exporter.stats()
+    assert stats["sent"] == {"events": 2} and stats["dropped"] == {}
+    assert stats["waiting"] == {"records": 0, "bytes": 0}
+
+
+def test_shutdown_during_an_outage_counts_what_waits(
+    mixpanel: LocalMixpanel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shut down while Mixpanel still fails: shutdown keeps trying for its budget
+    (``shutdown_timeout``), then counts what waits as ``undelivered_at_shutdown``
+    in one totals line written before it returns, and sends nothing after."""
     exporter = MixpanelSpanExporter(
-        token=mixpanel.token, api_host=mixpanel.url, timeout=0.3,
-        retry_policy=RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0)),
+        token=mixpanel.token, api_host=mixpanel.url, timeout=5, retry_policy=FAST,
+        shutdown_timeout=0.3,
     )
-    mixpanel.fail_next(1000, status=503)
-    assert exporter.export(finished_spans({"mixpanel.event": "E"})) is SpanExportResult.FAILURE
-    assert exporter.stats()["dropped"] == {"undelivered": 1}
-    assert exporter.stats()["retried"]["events"] >= 1
+    try:
+        mixpanel.fail_next(100_000, status=503)
+        spans = finished_spans({"mixpanel.event": "E"}, {"mixpanel.event": "F"})
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.stats()["waiting"]["records"] == 2
+    finally:
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="otel_mixpanel"):
+            exporter.shutdown()
+        elapsed = time.monotonic() - started
+    assert 0.2 < elapsed < 3.0  # it tried for its budget, and no longer
+    stats = exporter.stats()
+    assert stats["dropped"] == {"undelivered_at_shutdown": 2}
+    assert stats["waiting"] == {"records": 0, "bytes": 0}
+    lines = [r.getMessage() for r in caplog.records if "shut down" in r.getMessage()]
+    assert lines == [
+        "Mixpanel exporter shut down: 0 records sent; "
+        "dropped since start: undelivered_at_shutdown 2"
+    ]
+    requests = len(mixpanel.requests)
+    time.sleep(0.1)
+    assert len(mixpanel.requests) == requests  # the sender stopped
+    assert mixpanel.events == []
 
 
 def test_no_arguments_reads_environment(
-    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch
+    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch, shut_down: ShutDown
 ) -> None:
     """The no-argument exporter (as opentelemetry-instrument builds it) uses the variables."""
     for name, value in mixpanel.env().items():
         monkeypatch.setenv(name, value)
-    exporter = MixpanelSpanExporter()
+    exporter = shut_down(MixpanelSpanExporter())
     assert exporter.export(finished_spans({"mixpanel.event": "E"})) is SpanExportResult.SUCCESS
     assert len(mixpanel.events) == 1
 

@@ -13,7 +13,7 @@ import base64
 import gzip
 import json
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from otel_mixpanel._batch import Batch
 from otel_mixpanel._config import Settings
@@ -36,6 +36,25 @@ _BASE_HEADERS = {
     "Accept": "application/json",
     "User-Agent": f"otel-mixpanel/{__version__}",
 }
+
+
+class Counts:
+    """What one attempt counted, kept aside until the sending queue applies it to
+    its stats (an answer that comes after shutdown gave up on it is not counted
+    twice)."""
+
+    def __init__(self) -> None:
+        self._calls: List[Tuple[str, Tuple[Any, ...], Dict[str, Any]]] = []
+
+    def sent(self, kind: str, count: int = 1) -> None:
+        self._calls.append(("sent", (kind, count), {}))
+
+    def dropped(self, reason: str, count: int = 1, detail: str = "") -> None:
+        self._calls.append(("dropped", (reason, count), {"detail": detail}))
+
+    def apply(self, stats: Stats) -> None:
+        for name, args, keywords in self._calls:
+            getattr(stats, name)(*args, **keywords)
 
 
 @dataclass(frozen=True)
@@ -66,7 +85,8 @@ class Client:
         self._import_headers = self._headers_for_import()
 
     def attempt(
-        self, endpoint: Endpoint, records: Sequence[bytes], timeout: float, stats: Stats
+        self, endpoint: Endpoint, records: Sequence[bytes], timeout: float,
+        stats: Union[Stats, Counts],
     ) -> Outcome:
         """Send *records* once, count what left, and say what remains."""
         batch = Batch.of_records(endpoint, records)

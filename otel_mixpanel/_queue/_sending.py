@@ -32,7 +32,7 @@ from otel_mixpanel._config import Settings
 from otel_mixpanel._limits import Limits
 from otel_mixpanel._model import Event, IdentityEvent, Message
 from otel_mixpanel._queue._backend import Backend, MemoryBackend
-from otel_mixpanel._queue._client import KIND, Client
+from otel_mixpanel._queue._client import KIND, Client, Counts
 from otel_mixpanel._queue._disk import DiskBackend
 from otel_mixpanel._retry import RetryPolicy
 from otel_mixpanel._stats import Stats
@@ -98,6 +98,8 @@ class SendingQueue:
         self._max_records = MAX_BATCH_RECORDS
         self._closing = False
         self._closed = False
+        self._abandoned = False
+        self._in_flight_until = 0.0  # when the request being sent times out
         self.delivered_all: Optional[bool] = None  # set by close()
         self._deadline = float("inf")
         _QUEUES.add(self)
@@ -239,25 +241,33 @@ class SendingQueue:
                 return False
             limit = PROBE_RECORDS if self._failures else self._max_records
             take = self._backend.take(limit, MAX_BATCH_BYTES)
-        if take is None:  # another process sends the spool now
-            return not self._pause(LOCK_POLL_SECONDS)
-        timeout = self.settings.timeout
-        if self._closing:
-            timeout = min(timeout, self._deadline - time.monotonic())
-            if timeout <= 0:
-                with self._cond:
-                    self._backend.release(take)
-                return False
-        outcome = self._client.attempt(take.endpoint, take.records, timeout, self.stats)
+            if take is None:  # another process sends the spool now
+                timeout = LOCK_POLL_SECONDS
+            else:
+                # During shutdown a request may not outlast the budget.
+                timeout = self.settings.timeout
+                if self._closing:
+                    timeout = min(timeout, self._deadline - time.monotonic())
+                    if timeout <= 0:
+                        self._backend.release(take)
+                        return False
+                self._in_flight_until = time.monotonic() + timeout
+        if take is None:
+            return not self._pause(timeout)
+        counts = Counts()
+        outcome = self._client.attempt(take.endpoint, take.records, timeout, counts)
         with self._cond:
-            if self._closed:  # shutdown gave up on this request: counted there
-                self._backend.release(take)
+            self._in_flight_until = 0.0
+            if self._abandoned:  # shutdown stopped waiting: counted lost there
                 return False
+            counts.apply(self.stats)
             self._backend.settle(take, outcome.remaining)
             if outcome.too_large:
                 self._max_records = max(1, len(take.records) // 2)
             self._failures = self._failures + 1 if outcome.retry else 0
             self._cond.notify_all()
+            if self._closed:
+                return False
         if not outcome.retry:
             return True
         waiting, _ = self.waiting()
@@ -311,11 +321,17 @@ class SendingQueue:
                 self._cond.wait(min(remaining, 1.0))
             self._closed = True
             sender = self._sender
+            in_flight_until = self._in_flight_until
             self._cond.notify_all()
         self._wake.set()
         if sender is not None:
-            sender.join(0.5)  # a request in flight ends by its own timeout
+            # A request sent before shutdown began may outlast the budget (when
+            # the budget is shorter than the request timeout): its answer is
+            # awaited, so that nothing is counted both sent and lost, and no
+            # spooled $add that Mixpanel applied is sent again at the next start.
+            sender.join(max(0.0, in_flight_until - time.monotonic()) + 0.5)
         with self._cond:
+            self._abandoned = sender is not None and sender.is_alive()
             left, _ = self._backend.count()
             kept = isinstance(self._backend, DiskBackend)
             if left and not kept:
