@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Iterator, Tuple
 
 import pytest
@@ -20,6 +21,24 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("OTEL_EXPORTER_MIXPANEL_", "OTEL_")):
             monkeypatch.delenv(name)
+
+
+SENDER = "otel-mixpanel-sender"
+
+
+@pytest.fixture(autouse=True)
+def no_sender_outlives_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every exporter a test makes is shut down: no sending-queue thread the test
+    started is left retrying after it (an idle one would linger for 5 s). The
+    pytest plugin's session pipeline is meant to outlive its tests."""
+    before = set(threading.enumerate())
+    yield
+    if "mixpanel_capture" in request.fixturenames:
+        return
+    started = [t for t in threading.enumerate() if t.name == SENDER and t not in before]
+    for thread in started:
+        thread.join(timeout=3.0)
+    assert [t for t in started if t.is_alive()] == [], "a sending queue was left open"
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def fill_spool(directory: Path, mixpanel: LocalMixpanel, count: int, batch: int 
     mixpanel.fail_next(10_000, status=503)
     exporter = MixpanelSpanExporter(
         token=mixpanel.token, api_host=mixpanel.url, timeout=0.2, retry_policy=FAST,
-        spool_dir=str(directory),
+        spool_dir=str(directory), shutdown_timeout=0.1,  # leave the records spooled
     )
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=batch))

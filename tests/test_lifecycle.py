@@ -12,7 +12,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import AbstractSet, Callable, Iterator, List
+from typing import AbstractSet, Callable, List
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -21,22 +21,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel._spool import Spool
 from otel_mixpanel.testing import LocalMixpanel
+from tests.conftest import SENDER
 from tests.helpers import emit, finished_spans
 
 FAST = RetryPolicy(initial=0.05, maximum=0.1, jitter=(0, 0))
-SENDER = "otel-mixpanel-sender"
 
 
-@pytest.fixture(autouse=True)
-def no_sender_outlives_the_test() -> Iterator[None]:
-    """Every exporter a test makes is shut down: no sender thread it started is
-    left retrying after it (an idle one would live on for 5 s)."""
-    before = set(threading.enumerate())
-    yield
-    started = senders_since(before)
-    for thread in started:
-        thread.join(timeout=3.0)
-    assert [t for t in started if t.is_alive()] == []
 
 
 def senders_since(before: AbstractSet[threading.Thread]) -> List[threading.Thread]:

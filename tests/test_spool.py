@@ -19,6 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_mixpanel import _spool
+from otel_mixpanel._model import Endpoint
+from otel_mixpanel._queue._disk import DiskBackend
 from otel_mixpanel._spool import (
     ReplayResult,
     Spool,
@@ -200,6 +202,43 @@ def test_clear_deletes_everything_and_counts(tmp_path: Path) -> None:
     spool.write("/groups", recs(3, 4))
     assert spool.clear() == 7
     assert spool.status().records == 0 and seg_files(tmp_path) == []
+
+
+def test_write_returns_the_segment_name(tmp_path: Path) -> None:
+    """write() names the segment it made (names sort oldest first); None when
+    nothing was kept (an empty batch, or one larger than the bound)."""
+    spool = Spool(tmp_path, max_bytes=300)
+    first = spool.write("/import", recs(0, 1))
+    second = spool.write("/engage", recs(1, 1))
+    assert first is not None and second is not None and first < second
+    assert [p.name for p in seg_files(tmp_path)] == [first, second]
+    assert spool.write("/import", []) is None
+    assert spool.write("/import", [b"x" * 400]) is None
+
+
+def test_segment_paths_lists_segments_oldest_first(tmp_path: Path) -> None:
+    """segment_paths() gives the segment files in write order, nothing else."""
+    spool = Spool(tmp_path)
+    names = [spool.write("/import", recs(n, 1)) for n in range(3)]
+    (tmp_path / "00000000000000000000-1-1.seg.1.tmp").write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in spool.segment_paths()] == names
+    assert all(p.parent == tmp_path for p in spool.segment_paths())
+
+
+def test_rewrite_keeps_name_and_time(tmp_path: Path) -> None:
+    """rewrite() replaces a segment's records in place: same name, same write
+    time (so it keeps its place in line), a valid header for the new count."""
+    spool = Spool(tmp_path)
+    spool.write("/engage", recs(0, 5))
+    spool.write("/engage", recs(5, 1))
+    segment = next(spool.segments())
+    spool.rewrite(segment, [recs(0, 5)[1], recs(0, 5)[4]])
+    again = list(spool.segments())
+    assert again[0].path == segment.path and again[0].created == segment.created
+    assert again[0].endpoint == "/engage" and again[0].records == [recs(0, 5)[1], recs(0, 5)[4]]
+    assert again[1].records == recs(5, 1)
+    assert spool.status().records == 3 and list(tmp_path.glob("*.tmp")) == []
 
 
 # -- corruption ----------------------------------------------------------------
@@ -675,3 +714,106 @@ def test_two_processes_write_concurrently(tmp_path: Path) -> None:
     assert sorted(numbers) == sorted(i for b in (0, 1000, 2000) for i in range(b, b + 40))
     for base in (0, 1000, 2000):
         assert [n for n in numbers if base <= n < base + 40] == list(range(base, base + 40))
+
+
+# -- the sending queue's disk backend ---------------------------------------------------
+
+
+def disk_backend(directory: Path, drops: List[Tuple[str, int]]) -> DiskBackend:
+    return DiskBackend(
+        str(directory), 64 * 1024 * 1024,
+        on_drop=lambda reason, count: drops.append((reason, count)),
+        on_unknown_endpoint=lambda endpoint, count: drops.append((endpoint, count)),
+    )
+
+
+def test_disk_backend_tickets_are_segment_names(tmp_path: Path) -> None:
+    """Each append is one durable segment; its ticket is answered once every
+    segment up to it has left; count() is what the spool holds."""
+    backend = disk_backend(tmp_path, [])
+    assert backend.last_ticket() is None and backend.answered("anything")
+    first = backend.append(Endpoint.IMPORT, recs(0, 2))
+    second = backend.append(Endpoint.ENGAGE, recs(2, 1))
+    assert backend.waiting_segments() == [first, second] == [p.name for p in seg_files(tmp_path)]
+    assert backend.last_ticket() == second
+    assert backend.count() == (3, sum(p.stat().st_size for p in seg_files(tmp_path)))
+    assert not backend.answered(first)
+    take = backend.take(100, 1 << 20)
+    assert take is not None and take.records == recs(0, 2)
+    backend.settle(take, [])
+    assert backend.answered(first) and not backend.answered(second)
+
+
+def test_disk_backend_take_merges_one_endpoint_within_limits(tmp_path: Path) -> None:
+    """A take is the oldest records of the head's endpoint, across segments, up
+    to the record limit; it stops at another endpoint."""
+    backend = disk_backend(tmp_path, [])
+    for n in range(3):
+        backend.append(Endpoint.IMPORT, recs(n * 3, 3))
+    backend.append(Endpoint.ENGAGE, recs(9, 1))
+    take = backend.take(7, 1 << 20)
+    assert take is not None
+    assert take.endpoint is Endpoint.IMPORT and take.records == recs(0, 7)
+    backend.release(take)
+    take = backend.take(100, 1 << 20)
+    assert take is not None and take.records == recs(0, 9)
+    backend.release(take)
+    size = len(recs(0, 1)[0]) + 1
+    take = backend.take(100, 2 + 4 * size)  # four records fit in the bytes
+    assert take is not None and take.records == recs(0, 4)
+    backend.release(take)
+
+
+def test_disk_backend_settle_keeps_exactly_the_remaining(tmp_path: Path) -> None:
+    """Answered records leave; the remaining stay in their segment (same name, in
+    order); a segment answered in full is deleted; a failed probe changes nothing."""
+    backend = disk_backend(tmp_path, [])
+    first = backend.append(Endpoint.ENGAGE, recs(0, 3))
+    second = backend.append(Endpoint.ENGAGE, recs(3, 3))
+    take = backend.take(5, 1 << 20)  # all of the first segment, two of the second
+    assert take is not None and take.records == recs(0, 5)
+    backend.settle(take, [1, 4])
+    segments = list(Spool(tmp_path).segments())
+    assert [s.path.name for s in segments] == [first, second]
+    assert [s.records for s in segments] == [[recs(0, 3)[1]], [recs(3, 3)[1], recs(3, 3)[2]]]
+    probe = backend.take(1, 1 << 20)
+    assert probe is not None and probe.records == [recs(0, 3)[1]]
+    backend.settle(probe, [0])  # Mixpanel failed again: nothing changes
+    assert [s.records for s in Spool(tmp_path).segments()] == [s.records for s in segments]
+    take = backend.take(100, 1 << 20)
+    assert take is not None
+    backend.settle(take, [])
+    assert seg_files(tmp_path) == [] and backend.last_ticket() is None
+
+
+def test_disk_backend_sends_under_the_directory_lock(tmp_path: Path) -> None:
+    """From take to settle the directory is locked: another process's sender or
+    a replay waits its turn, so no segment is sent twice at once."""
+    backend = disk_backend(tmp_path, [])
+    backend.append(Endpoint.IMPORT, recs(0, 1))
+    take = backend.take(100, 1 << 20)
+    assert take is not None
+    other = disk_backend(tmp_path, [])
+    assert other.take(100, 1 << 20) is None
+    assert Spool(tmp_path).replay(lambda endpoint, records: []).locked
+    backend.settle(take, [0])
+    take = other.take(100, 1 << 20)
+    assert take is not None and take.records == recs(0, 1)
+    other.release(take)
+    assert backend.count()[0] == 1
+
+
+def test_disk_backend_leaves_out_what_it_cannot_send(tmp_path: Path) -> None:
+    """A segment naming an endpoint we do not send to leaves the spool, counted;
+    an empty segment leaves too; the next records are taken."""
+    drops: List[Tuple[str, int]] = []
+    backend = disk_backend(tmp_path, drops)
+    Spool(tmp_path).write("/nowhere", recs(0, 2))
+    empty = tmp_path / "00000000000000000001-0000001-000000.seg"
+    empty.write_bytes(encode_segment("/import", [], time.time()))
+    backend.append(Endpoint.GROUPS, recs(2, 1))
+    take = backend.take(100, 1 << 20)
+    assert take is not None and take.endpoint is Endpoint.GROUPS and take.records == recs(2, 1)
+    backend.release(take)
+    assert drops == [("/nowhere", 2)]
+    assert len(seg_files(tmp_path)) == 1
