@@ -23,8 +23,8 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 from otel_mixpanel._config import resolve_settings
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._queue import Client
+from otel_mixpanel._queue._spool import ReplayResult, Spool, SpoolStatus
 from otel_mixpanel._retry import RetryPolicy
-from otel_mixpanel._spool import ReplayResult, Spool, SpoolStatus
 from otel_mixpanel._stats import Stats
 from otel_mixpanel._transport import Transport
 

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter, RetryPolicy
-from otel_mixpanel._spool import Spool
+from otel_mixpanel._queue._spool import Spool
 from otel_mixpanel.testing import LocalMixpanel
 from tests.conftest import SENDER
 from tests.helpers import emit, finished_spans

@@ -18,14 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_mixpanel import _spool
 from otel_mixpanel._model import Endpoint
+from otel_mixpanel._queue import _segments, _spool
 from otel_mixpanel._queue._disk import DiskBackend
-from otel_mixpanel._spool import (
+from otel_mixpanel._queue._segments import encode_segment
+from otel_mixpanel._queue._spool import (
     ReplayResult,
     Spool,
     SpoolStatus,
-    encode_segment,
     replay_directory,
 )
 
@@ -508,18 +508,18 @@ def test_concurrent_replayers_never_send_a_segment_twice(tmp_path: Path) -> None
 
 def test_lock_file_fallback_without_flock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The O_EXCL fallback excludes a second replayer and removes its lock file afterwards."""
-    monkeypatch.setattr(_spool, "_USE_FLOCK", False)
+    monkeypatch.setattr(_segments, "_USE_FLOCK", False)
     Spool(tmp_path).write("/import", recs(0, 1))
     seen: List[ReplayResult] = []
 
     def send(endpoint: str, records: List[bytes]) -> Sequence[int]:
-        assert (tmp_path / _spool.EXCL_LOCK_NAME).exists()
+        assert (tmp_path / _segments.EXCL_LOCK_NAME).exists()
         seen.append(Spool(tmp_path).replay(lambda e, r: []))
         return []
 
     assert Spool(tmp_path).replay(send) == ReplayResult(1, 1, 0, False, None)
     assert seen == [ReplayResult(0, 0, 1, True, None)]
-    assert not (tmp_path / _spool.EXCL_LOCK_NAME).exists()
+    assert not (tmp_path / _segments.EXCL_LOCK_NAME).exists()
 
 
 # -- crash safety (real subprocesses) -----------------------------------------------

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_mixpanel import MixpanelSpanExporter
 from otel_mixpanel._model import ProfileUpdate
-from otel_mixpanel._spool import Spool
+from otel_mixpanel._queue._spool import Spool
 from otel_mixpanel.spool import replay_spool, spool_status
 from otel_mixpanel.testing import LocalMixpanel
 from tests.conftest import SENDER

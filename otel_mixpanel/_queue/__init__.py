@@ -2,9 +2,10 @@
 
 ``_sending`` is the queue (submit, wait, flush, close, the sender thread);
 ``_backend`` the memory backend and the interface, ``_disk`` the spool-backed
-one; ``_client`` one request and its per-record answer; ``_registry`` one
-queue per destination. Nothing here knows an attribute key or the SDK; the
-API's context is used only to keep the sender's own HTTP calls out of traces.
+one, on ``_spool`` (the directory) and ``_segments`` (its files); ``_client``
+one request and its per-record answer; ``_registry`` one queue per destination.
+Nothing here knows an attribute key or the SDK; the API's context is used only
+to keep the sender's own HTTP calls out of traces.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The disk backend: the sending queue kept in a spool directory.
 
-Every submitted batch becomes a durable segment (see ``otel_mixpanel._spool``
+Every submitted batch becomes a durable segment (see ``otel_mixpanel._queue._spool``
 for the format and its crash guarantees) before it is sent, so what waits
 survives a restart, and a restarted process sends it first. Sending holds the
 directory's exclusive lock from take to settle: several processes may share
@@ -17,7 +17,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._queue._backend import Backend, Take
-from otel_mixpanel._spool import Segment, Spool, _DirLock
+from otel_mixpanel._queue._segments import Segment, _DirLock
+from otel_mixpanel._queue._spool import Spool
 
 
 class DiskBackend(Backend):

@@ -2,9 +2,9 @@
 
 Replay stops only between batches: the first Ctrl-C (or SIGTERM) asks it to stop, the batch on
 the wire is answered and settled in the spool, then it exits. Interrupting a batch in flight
-would make the next run send that whole segment again (see ``otel_mixpanel._spool``), which is
-the one way a ``$add`` could be applied twice; so later Ctrl-Cs only repeat the message. The wait
-is bounded by the timeout (default 10 s).
+would make the next run send that whole segment again (see ``otel_mixpanel._queue._spool``),
+which is the one way a ``$add`` could be applied twice; so later Ctrl-Cs only repeat the
+message. The wait is bounded by the timeout (default 10 s).
 """
 
 from __future__ import annotations

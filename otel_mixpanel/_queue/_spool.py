@@ -1,15 +1,9 @@
-"""An opt-in on-disk spool for records Mixpanel could not take in time.
+"""The spool: a directory of segment files that holds the sending queue on disk.
 
-Format: one directory of *segment* files, one per spooled batch, named
-``<time_ns:020d>-<pid:07d>-<counter:06d>.seg`` so that names sort oldest-first
-and never collide across threads or processes (within a process the time part
-is forced to increase). A segment is a JSON header line
-``{"v":1,"endpoint":"/import","created":<unix float>,"count":N,"crc32":<int>}``
-followed by N records, each ending in a raw ``\\n``; ``crc32`` covers every byte
-after the header line. Records are compact JSON, which escapes newlines, so
-they round-trip byte for byte. Readers ignore ``*.tmp`` files; a segment whose
-header, count or checksum does not match is moved to ``corrupt/`` (outside the
-byte bound) and reported through ``on_drop("spool_corrupt", n)``.
+The files themselves (names, format, lock) are in ``_segments``. Readers
+ignore ``*.tmp`` files; a segment whose header, count or checksum does not
+match is moved to ``corrupt/`` (outside the byte bound) and reported through
+``on_drop("spool_corrupt", n)``.
 
 Crash safety. *Writing* goes to a temp file in the same directory, which is
 ``fsync``-ed before ``os.replace`` gives it its final name; the directory is
@@ -18,71 +12,56 @@ none: a crash before it leaves only a temp file (ignored, removed after an
 hour), a crash after it leaves a complete, durable segment. The checksum
 catches file systems that break this promise on power loss.
 
-*Replaying* holds an exclusive lock on the directory, so two replayers never
-send the same segment. A segment leaves the spool only after ``send`` returned
-for it: it is deleted when nothing remains, or atomically rewritten (temp file,
+*Sending* holds the directory's exclusive lock, so two senders never send the
+same segment. A segment leaves the spool only once Mixpanel has answered for
+it: it is deleted when nothing remains, or atomically rewritten (temp file,
 then ``os.replace`` over the same name) with the records still to deliver, so a
 crash mid-rewrite leaves the old or the new version. The one unavoidable
-window: a crash after ``send`` returned but before that deletion or rewrite
-makes the next replay send the whole segment again. Delivery is thus
+window: a crash after Mixpanel answered but before that deletion or rewrite
+makes the next start send the whole segment again. Delivery is thus
 at-least-once, a duplicate is limited to that one segment, and it is the only
 way an accepted, non-idempotent profile update ($add, $append) can be applied
 twice. No other record is lost or duplicated by a crash.
 
 *Bounding*: after each write the oldest segments are deleted until at most
 ``max_bytes`` of segments remain, reported as ``on_drop("spool_full", n)``.
-Eviction does not take the replay lock, so a segment being replayed may be
-evicted meanwhile: its records then count as dropped even if delivered, or a
-partial rewrite brings the kept ones back.
+Eviction does not take the lock, so a segment being sent may be evicted
+meanwhile: its records then count as dropped even if delivered, or a partial
+rewrite brings the kept ones back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import os
-import sys
-import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
-if sys.platform != "win32":
-    import fcntl
+from otel_mixpanel._queue._segments import (
+    SEGMENT_SUFFIX,
+    Segment,
+    _CorruptSegment,
+    _decode_segment,
+    _DirLock,
+    _new_segment_name,
+    _parse_header,
+    encode_segment,
+)
 
 __all__ = ["ReplayResult", "Segment", "SendFn", "Spool", "SpoolStatus", "replay_directory"]
 
-SEGMENT_SUFFIX = ".seg"
 TEMP_SUFFIX = ".tmp"
 CORRUPT_DIR = "corrupt"
-LOCK_NAME = ".lock"
-EXCL_LOCK_NAME = ".lock.excl"
 STALE_TEMP_SECONDS = 3600.0
-FORMAT_VERSION = 1
 _MAX_HEADER_BYTES = 4096
 
 SendFn = Callable[[str, List[bytes]], Sequence[int]]
 ProgressFn = Callable[[int, int], None]
 
-# Windows has no flock; tests switch this off to exercise the fallback.
-_USE_FLOCK = sys.platform != "win32"
 # The header's "created" time; tests pin it to make segment sizes predictable.
 _clock: Callable[[], float] = time.time
-
-
-class _Names:
-    """Segment names that increase within a process and are unique across processes."""
-
-    lock = threading.Lock()
-    counter = itertools.count()
-    last_ns = 0
-
-
-if hasattr(os, "register_at_fork"):  # a fork while another thread held the lock would deadlock
-    os.register_at_fork(after_in_child=lambda: setattr(_Names, "lock", threading.Lock()))
 
 
 @dataclass(frozen=True)
@@ -94,16 +73,6 @@ class SpoolStatus:
     segments: int
     oldest: Optional[float]  # when the oldest waiting segment was written; None if empty
     by_endpoint: Dict[str, int]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One verified segment file: the records of one spooled batch."""
-
-    path: Path
-    endpoint: str
-    records: List[bytes]
-    created: float
 
 
 @dataclass(frozen=True)
@@ -120,109 +89,6 @@ class ReplayResult:
     kept_records: int
     locked: bool
     error: Optional[str]
-
-
-class _CorruptSegment(Exception):
-    def __init__(self, count: int) -> None:
-        super().__init__(count)
-        self.count = count
-
-
-def _new_segment_name() -> str:
-    with _Names.lock:
-        # time_ns can stall or step back; names must still increase.
-        ns = _Names.last_ns = max(time.time_ns(), _Names.last_ns + 1)
-        n = next(_Names.counter)
-    return f"{ns:020d}-{os.getpid():07d}-{n:06d}{SEGMENT_SUFFIX}"
-
-
-def encode_segment(endpoint: str, records: Sequence[bytes], created: float) -> bytes:
-    """The bytes of a segment file holding *records*."""
-    body = b"".join(record + b"\n" for record in records)
-    header = {
-        "v": FORMAT_VERSION,
-        "endpoint": endpoint,
-        "created": created,
-        "count": len(records),
-        "crc32": zlib.crc32(body),
-    }
-    return json.dumps(header, separators=(",", ":")).encode("ascii") + b"\n" + body
-
-
-def _parse_header(line: bytes) -> Optional[Dict[str, Any]]:
-    try:
-        header = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(header, dict) or header.get("v") != FORMAT_VERSION:
-        return None
-    ok = (
-        isinstance(header.get("endpoint"), str)
-        and type(header.get("created")) in (int, float)
-        and type(header.get("count")) is int
-        and header["count"] >= 0
-        and type(header.get("crc32")) is int
-    )
-    return header if ok else None
-
-
-def _decode_segment(data: bytes) -> tuple[str, float, List[bytes]]:
-    newline = data.find(b"\n")
-    header = _parse_header(data[:newline]) if newline >= 0 else None
-    if header is None:
-        raise _CorruptSegment(0)
-    count: int = header["count"]
-    body = data[newline + 1 :]
-    if zlib.crc32(body) != header["crc32"] or (body and not body.endswith(b"\n")):
-        raise _CorruptSegment(count)
-    records = body.split(b"\n")[:-1] if body else []
-    if len(records) != count:
-        raise _CorruptSegment(count)
-    return header["endpoint"], float(header["created"]), records
-
-
-class _DirLock:
-    """Exclusive, non-blocking lock on a spool directory for one replay.
-
-    With ``flock`` the kernel releases the lock when its holder dies. The
-    fallback (Windows) is the existence of an ``O_EXCL`` lock file, which a
-    replayer that crashed leaves behind: replays then report ``locked`` until
-    someone deletes ``.lock.excl`` by hand.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-        self._fd: Optional[int] = None
-        self._flock = _USE_FLOCK
-
-    def acquire(self) -> bool:
-        if self._flock:
-            assert sys.platform != "win32"
-            fd = os.open(self._directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BaseException as error:
-                os.close(fd)
-                if isinstance(error, BlockingIOError):
-                    return False
-                raise
-        else:
-            try:
-                fd = os.open(self._directory / EXCL_LOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            except FileExistsError:
-                return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        os.close(self._fd)
-        self._fd = None
-        # A flock'ed .lock file stays: deleting it would let a second replayer
-        # lock a new inode while a third still holds the old one.
-        if not self._flock:
-            os.unlink(self._directory / EXCL_LOCK_NAME)
 
 
 class Spool:
