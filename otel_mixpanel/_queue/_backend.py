@@ -36,8 +36,11 @@ class Backend(abc.ABC):
     """The operations the sending queue needs from a place records wait in."""
 
     @abc.abstractmethod
-    def append(self, endpoint: Endpoint, records: Sequence[bytes]) -> Optional[Any]:
-        """Add one entry at the tail; its ticket, or None if it could not be kept."""
+    def append(
+        self, endpoint: Endpoint, records: Sequence[bytes], *, compact: bool = True
+    ) -> Optional[Any]:
+        """Add one entry at the tail; its ticket, or None if it could not be kept.
+        ``compact``: it is expected to wait, hold it compactly if you can."""
 
     @abc.abstractmethod
     def take(self, max_records: int, max_bytes: int) -> Optional[Take]:
@@ -95,11 +98,12 @@ class MemoryBackend(Backend):
     """Entries in a deque, bounded by the bytes they hold.
 
     While the queue moves, an entry waits a few milliseconds and is kept as
-    it came. Once entries wait behind others (Mixpanel is down or slow), each
-    new one is packed: its records joined by newlines (compact JSON has none)
-    and deflated, so that a five-minute outage at 500 events/s fits in the
-    default bound. Beyond the bound the oldest entries that are not being
-    sent are evicted and reported through ``on_evict``.
+    it came. When the queue says it will wait (Mixpanel is failing, or much is
+    already waiting), a new entry behind others is packed: its records joined
+    by newlines (compact JSON has none) and deflated, so that a five-minute
+    outage at 500 events/s fits in the default bound. Beyond the bound the
+    oldest entries that are not being sent are evicted and reported through
+    ``on_evict``.
     """
 
     def __init__(self, max_bytes: int, on_evict: Callable[[int], None]) -> None:
@@ -110,11 +114,13 @@ class MemoryBackend(Backend):
         self._records = 0
         self._bytes = 0
 
-    def append(self, endpoint: Endpoint, records: Sequence[bytes]) -> Optional[int]:
+    def append(
+        self, endpoint: Endpoint, records: Sequence[bytes], *, compact: bool = True
+    ) -> Optional[int]:
         self._tickets += 1
         entry = _Entry(self._tickets, endpoint, len(records), list(records))
         entry.size = sum(len(record) for record in records)
-        if len(self._entries) >= 2:  # waits behind others: hold it compactly
+        if compact and self._entries:  # it will wait behind others
             entry.packed = zlib.compress(b"\n".join(records), PACK_LEVEL)
             entry.records = None
             entry.size = len(entry.packed)

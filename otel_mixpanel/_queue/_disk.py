@@ -36,7 +36,9 @@ class DiskBackend(Backend):
         self._lock: Optional[_DirLock] = None
         self._last: Optional[str] = None
 
-    def append(self, endpoint: Endpoint, records: Sequence[bytes]) -> Optional[str]:
+    def append(
+        self, endpoint: Endpoint, records: Sequence[bytes], *, compact: bool = True
+    ) -> Optional[str]:
         name = self.spool.write(endpoint.value, records)
         if name is not None:
             self._last = name

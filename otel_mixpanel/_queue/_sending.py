@@ -48,6 +48,9 @@ _logger = logging.getLogger("otel_mixpanel")
 PROBE_RECORDS = 1  # while Mixpanel fails, each backoff step sends this many records
 IDLE_SECONDS = 5.0  # the sender thread ends after this long with nothing to send
 LOCK_POLL_SECONDS = 0.05  # another process holds the spool: look again this often
+# Records held while Mixpanel answers are sent within moments: deflating them
+# would cost CPU for nothing. Past this much waiting (or while failing) it pays.
+PACK_AFTER_BYTES = 8 * 1024 * 1024
 _QUEUES: weakref.WeakSet[SendingQueue] = weakref.WeakSet()
 
 
@@ -122,9 +125,12 @@ class SendingQueue:
         batches = make_batches(kept, self.settings.token, self.stats)
         ticket = None
         with self._cond:
+            compact = isinstance(self._backend, MemoryBackend) and (
+                bool(self._failures) or self._backend.count()[1] > PACK_AFTER_BYTES
+            )
             for batch in batches:
                 try:
-                    added = self._backend.append(batch.endpoint, batch.records)
+                    added = self._backend.append(batch.endpoint, batch.records, compact=compact)
                 except (OSError, ValueError) as error:
                     self.stats.dropped(
                         "spool_write_failed", len(batch.records), detail=type(error).__name__
