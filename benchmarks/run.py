@@ -53,13 +53,12 @@ import otel_mixpanel  # noqa: E402
 from otel_mixpanel import (  # noqa: E402
     MixpanelIdentitySpanProcessor,
     MixpanelSpanExporter,
-    _batch,
-    _intake,
     autoconfigure,
 )
-from otel_mixpanel._queue import _client  # noqa: E402
-from otel_mixpanel._translate import translate  # noqa: E402
-from otel_mixpanel._transport import HTTPResponse, RequestsTransport, Transport  # noqa: E402
+from otel_mixpanel._convention._translate import translate  # noqa: E402
+from otel_mixpanel._inputs import _intake  # noqa: E402
+from otel_mixpanel._queue import _batch, _client  # noqa: E402
+from otel_mixpanel._queue._transport import HTTPResponse, RequestsTransport, Transport  # noqa: E402
 
 PROPERTIES: Dict[str, Any] = {
     "plan": "pro", "seats": 12, "price": 29.99, "currency": "EUR", "coupon": "WELCOME10",

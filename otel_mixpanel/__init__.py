@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from otel_mixpanel._configure import MixpanelPipeline, configure
 from otel_mixpanel._exceptions import ConfigurationError, MixpanelError
-from otel_mixpanel._retry import RetryPolicy
+from otel_mixpanel._queue._retry import RetryPolicy
 from otel_mixpanel._version import __version__
 from otel_mixpanel.identity import (
     MixpanelIdentityLogProcessor,

@@ -18,7 +18,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_mixpanel._exceptions import ConfigurationError
-from otel_mixpanel._intake import (
+from otel_mixpanel._inputs._intake import (
     DEFAULT_MAX_EXPORT_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_SCHEDULE_DELAY_MILLIS,

@@ -33,7 +33,7 @@ from opentelemetry.sdk.environment_variables import (
 )
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_mixpanel._intake import (
+from otel_mixpanel._inputs._intake import (
     DEFAULT_MAX_QUEUE_SIZE,
     OrderedLogRecordProcessor,
     OrderedSpanProcessor,

@@ -26,8 +26,8 @@ from opentelemetry import baggage, context, trace
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from otel_mixpanel import _convention as c
-from otel_mixpanel._translate import is_tagged
+from otel_mixpanel._convention import _table as c
+from otel_mixpanel._convention._translate import is_tagged
 
 __all__ = [
     "MixpanelIdentityLogProcessor",

@@ -24,8 +24,8 @@ from typing import Any, Iterator, Sequence
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.trace import format_span_id, format_trace_id
 
-from otel_mixpanel._exporter import OWN_LOGGER_PREFIX, MixpanelExporterBase
-from otel_mixpanel._translate import Record, is_tagged
+from otel_mixpanel._convention._translate import Record, is_tagged
+from otel_mixpanel._inputs._exporter import OWN_LOGGER_PREFIX, MixpanelExporterBase
 
 __all__ = ["MixpanelLogExporter"]
 

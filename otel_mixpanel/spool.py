@@ -23,10 +23,10 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 from otel_mixpanel._config import resolve_settings
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._queue import Client
+from otel_mixpanel._queue._retry import RetryPolicy
 from otel_mixpanel._queue._spool import ReplayResult, Spool, SpoolStatus
-from otel_mixpanel._retry import RetryPolicy
+from otel_mixpanel._queue._transport import Transport
 from otel_mixpanel._stats import Stats
-from otel_mixpanel._transport import Transport
 
 __all__ = ["ReplayResult", "SpoolStatus", "replay_spool", "spool_status"]
 

@@ -37,9 +37,9 @@ from typing import Any, Dict, MutableMapping, Optional
 import structlog
 from opentelemetry._logs import Logger, LoggerProvider, SeverityNumber, get_logger_provider
 
-from otel_mixpanel import _convention as c
+from otel_mixpanel._convention import _table as c
+from otel_mixpanel._convention._translate import carries_messages
 from otel_mixpanel._stats import Stats
-from otel_mixpanel._translate import carries_messages
 
 __all__ = ["MixpanelProcessor"]
 

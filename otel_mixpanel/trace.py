@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_mixpanel._exporter import MixpanelExporterBase
-from otel_mixpanel._translate import Record, is_tagged
+from otel_mixpanel._convention._translate import Record, is_tagged
+from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 
 __all__ = ["MixpanelSpanExporter"]
 
@@ -35,7 +35,7 @@ _logger = logging.getLogger(__name__)
 class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
     """Sends the Mixpanel messages of tagged spans; untagged spans are skipped.
 
-    Takes the arguments of :class:`~otel_mixpanel._exporter.MixpanelExporterBase`,
+    Takes the arguments of :class:`~otel_mixpanel._inputs._exporter.MixpanelExporterBase`,
     each defaulting to its ``OTEL_EXPORTER_MIXPANEL_*`` variable.
 
     Example::

@@ -6,8 +6,8 @@ import json
 from types import MappingProxyType
 from typing import List
 
-from otel_mixpanel._batch import MAX_RECORD_BYTES, Batch, encode, make_batches
 from otel_mixpanel._model import Endpoint, Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
+from otel_mixpanel._queue._batch import MAX_RECORD_BYTES, Batch, encode, make_batches
 from otel_mixpanel._stats import Stats
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from otel_mixpanel import _convention as c
+from otel_mixpanel._convention import _table as c
 
 
 def test_every_key_is_once_in_the_table() -> None:

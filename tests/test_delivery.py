@@ -11,13 +11,13 @@ from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
 import pytest
 
-from otel_mixpanel._batch import Batch
 from otel_mixpanel._config import Settings, resolve_settings
 from otel_mixpanel._model import Endpoint, Event, GroupUpdate, Message, ProfileUpdate
 from otel_mixpanel._queue import Client, SendingQueue
-from otel_mixpanel._responses import read_response
+from otel_mixpanel._queue._batch import Batch
+from otel_mixpanel._queue._responses import read_response
+from otel_mixpanel._queue._transport import HTTPResponse, Transport
 from otel_mixpanel._stats import Stats
-from otel_mixpanel._transport import HTTPResponse, Transport
 from otel_mixpanel.testing import LocalMixpanel
 from tests.helpers import FAST
 

@@ -14,7 +14,7 @@ from typing import List, Tuple
 import pytest
 
 from otel_mixpanel import environment_variables
-from otel_mixpanel._exporter import MixpanelExporterBase
+from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
 
 ROOT = Path(__file__).parents[1]

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_mixpanel import _batch
 from otel_mixpanel._model import Event
+from otel_mixpanel._queue import _batch
 from otel_mixpanel._stats import Stats
 
 pytest.importorskip("orjson")

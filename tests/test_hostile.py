@@ -30,8 +30,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter
-from otel_mixpanel._convention import KEYS
-from otel_mixpanel._limits import DENYLISTED_DISTINCT_IDS
+from otel_mixpanel._convention._table import KEYS
+from otel_mixpanel._queue._limits import DENYLISTED_DISTINCT_IDS
 from otel_mixpanel.testing import LocalMixpanel
 
 Exporter = TypeVar("Exporter", MixpanelSpanExporter, MixpanelLogExporter)

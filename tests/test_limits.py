@@ -9,8 +9,8 @@ from typing import Any, Dict
 
 import pytest
 
-from otel_mixpanel._limits import DENYLISTED_DISTINCT_IDS, MAX_PROPERTIES, Limits
 from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, ProfileUpdate
+from otel_mixpanel._queue._limits import DENYLISTED_DISTINCT_IDS, MAX_PROPERTIES, Limits
 from otel_mixpanel._stats import Stats
 
 NOW = 1_732_280_000.0

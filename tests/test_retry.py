@@ -24,15 +24,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
-from otel_mixpanel._batch import Batch
 from otel_mixpanel._config import Settings, resolve_settings
 from otel_mixpanel._model import Endpoint, Event, Message, ProfileUpdate
 from otel_mixpanel._queue import Client, SendingQueue
+from otel_mixpanel._queue._batch import Batch
+from otel_mixpanel._queue._responses import read_response
+from otel_mixpanel._queue._retry import retry_after
 from otel_mixpanel._queue._sending import PROBE_RECORDS
-from otel_mixpanel._responses import read_response
-from otel_mixpanel._retry import retry_after
+from otel_mixpanel._queue._transport import HTTPResponse, Transport
 from otel_mixpanel._stats import Stats
-from otel_mixpanel._transport import HTTPResponse, Transport
 from otel_mixpanel.testing import LocalMixpanel
 from tests.conftest import SENDER
 from tests.helpers import FAST, emit

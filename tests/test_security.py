@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_mixpanel import ConfigurationError, MixpanelLogExporter, MixpanelSpanExporter
 from otel_mixpanel._config import resolve_settings
-from otel_mixpanel._exporter import MixpanelExporterBase
+from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
 from tests.helpers import FAST
 

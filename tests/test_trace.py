@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_mixpanel import ConfigurationError, MixpanelSpanExporter
-from otel_mixpanel._exporter import MixpanelExporterBase
+from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
 from tests.helpers import FAST
 

@@ -7,9 +7,7 @@ from typing import Any, List, Mapping
 
 import pytest
 
-from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
-from otel_mixpanel._stats import Stats
-from otel_mixpanel._translate import (
+from otel_mixpanel._convention._translate import (
     LIBRARY_NAME,
     Record,
     derive_insert_id,
@@ -17,6 +15,8 @@ from otel_mixpanel._translate import (
     parse_time_ms,
     translate,
 )
+from otel_mixpanel._model import Event, GroupUpdate, IdentityEvent, Message, ProfileUpdate
+from otel_mixpanel._stats import Stats
 from otel_mixpanel._version import __version__
 
 T0 = 1_732_280_000_123

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from otel_mixpanel._transport import RequestsTransport
+from otel_mixpanel._queue._transport import RequestsTransport
 
 
 def test_refused_connection_was_not_delivered() -> None:

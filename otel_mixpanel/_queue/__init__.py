@@ -1,4 +1,8 @@
-"""The sending queue: where encoded records wait for Mixpanel, and who sends them.
+"""Delivery: messages → limits → batches → the sending queue → Mixpanel's HTTP contract.
+
+``_limits`` applies Mixpanel's client-side rules, ``_batch`` encodes records and
+groups them per endpoint; ``_responses``, ``_retry`` and ``_transport`` read
+answers, time retries and make requests.
 
 ``_sending`` is the queue (submit, wait, flush, close, the sender thread);
 ``_backend`` the memory backend and the interface, ``_disk`` the spool-backed

@@ -15,12 +15,12 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from otel_mixpanel._batch import Batch
 from otel_mixpanel._config import Settings
 from otel_mixpanel._model import Endpoint
-from otel_mixpanel._responses import read_response
+from otel_mixpanel._queue._batch import Batch
+from otel_mixpanel._queue._responses import read_response
+from otel_mixpanel._queue._transport import HTTPResponse, RequestsTransport, Transport
 from otel_mixpanel._stats import Stats
-from otel_mixpanel._transport import HTTPResponse, RequestsTransport, Transport
 from otel_mixpanel._version import __version__
 
 GZIP_LEVEL = 1  # by measurement: see docs/performance.md (level 6: 2.5x the CPU, 13 % smaller)

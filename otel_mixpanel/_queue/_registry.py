@@ -14,9 +14,9 @@ import threading
 from typing import Any, Dict, Optional, Tuple
 
 from otel_mixpanel._config import Settings
+from otel_mixpanel._queue._retry import RetryPolicy
 from otel_mixpanel._queue._sending import SendingQueue
-from otel_mixpanel._retry import RetryPolicy
-from otel_mixpanel._transport import Transport
+from otel_mixpanel._queue._transport import Transport
 
 _lock = threading.Lock()
 _queues: Dict[Any, Tuple[SendingQueue, int]] = {}

@@ -27,16 +27,16 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from opentelemetry import context as otel_context
 
-from otel_mixpanel._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_batches
 from otel_mixpanel._config import Settings
-from otel_mixpanel._limits import Limits
 from otel_mixpanel._model import Event, IdentityEvent, Message
 from otel_mixpanel._queue._backend import Backend, MemoryBackend
+from otel_mixpanel._queue._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_batches
 from otel_mixpanel._queue._client import KIND, Client, Counts
 from otel_mixpanel._queue._disk import DiskBackend
-from otel_mixpanel._retry import RetryPolicy
+from otel_mixpanel._queue._limits import Limits
+from otel_mixpanel._queue._retry import RetryPolicy
+from otel_mixpanel._queue._transport import Transport
 from otel_mixpanel._stats import Stats
-from otel_mixpanel._transport import Transport
 
 try:  # the key the batch processors set around export(); our own thread needs it too
     from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Mapping, Optional, TextIO
 
-from otel_mixpanel._transport import HTTPResponse, RequestsTransport, Transport
+from otel_mixpanel._queue._transport import HTTPResponse, RequestsTransport, Transport
 from otel_mixpanel.spool import SpoolStatus, replay_spool, spool_status
 
 from ._common import CliError

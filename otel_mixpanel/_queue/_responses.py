@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from otel_mixpanel._batch import Batch
 from otel_mixpanel._model import Endpoint
-from otel_mixpanel._retry import retry_after
-from otel_mixpanel._transport import HTTPResponse
+from otel_mixpanel._queue._batch import Batch
+from otel_mixpanel._queue._retry import retry_after
+from otel_mixpanel._queue._transport import HTTPResponse
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})

@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from otel_mixpanel._exporter import MixpanelExporterBase
+from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._model import Message
 from otel_mixpanel._queue import SendingQueue
 

@@ -16,11 +16,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from otel_mixpanel import _queue
 from otel_mixpanel._config import Settings, resolve_settings
+from otel_mixpanel._convention._translate import Record, translate
 from otel_mixpanel._metrics import observe
 from otel_mixpanel._model import Message
-from otel_mixpanel._retry import RetryPolicy
-from otel_mixpanel._translate import Record, translate
-from otel_mixpanel._transport import Transport
+from otel_mixpanel._queue._retry import RetryPolicy
+from otel_mixpanel._queue._transport import Transport
 
 # The library's own loggers: their records never become Mixpanel events.
 OWN_LOGGER_PREFIX = "otel_mixpanel"

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
-from otel_mixpanel import _convention as c
+from otel_mixpanel._convention import _table as c
 from otel_mixpanel._model import GroupUpdate, Message, ProfileUpdate
 from otel_mixpanel._stats import Stats
 

@@ -16,15 +16,8 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from otel_mixpanel import _convention as c
-from otel_mixpanel._model import (
-    REQUIRED_EVENT_PROPERTIES,
-    Event,
-    IdentityEvent,
-    Message,
-)
-from otel_mixpanel._stats import Stats
-from otel_mixpanel._updates import (
+from otel_mixpanel._convention import _table as c
+from otel_mixpanel._convention._updates import (
     GROUP_FIELDS,
     PROFILE_FIELDS,
     group_updates,
@@ -33,6 +26,13 @@ from otel_mixpanel._updates import (
     profile_updates,
     text,
 )
+from otel_mixpanel._model import (
+    REQUIRED_EVENT_PROPERTIES,
+    Event,
+    IdentityEvent,
+    Message,
+)
+from otel_mixpanel._stats import Stats
 from otel_mixpanel._version import __version__
 
 LIBRARY_NAME = "otel-mixpanel"
