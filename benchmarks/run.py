@@ -161,7 +161,7 @@ class NoopMixpanelExporter(MixpanelSpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
 
-    def _submit(self, messages: Any) -> bool:  # what the ordered buffer calls
+    def _submit(self, messages: Any, *, wait: bool = True) -> bool:  # the buffer calls it
         return True
 
     def _messages(self, records: Any) -> Any:

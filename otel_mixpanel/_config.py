@@ -59,6 +59,12 @@ class Settings:
 
 def _pick(argument: Optional[str], variable: str, environ: Mapping[str, str]) -> Optional[str]:
     if argument is not None:
+        if not isinstance(argument, str) or not argument.strip():
+            # token="" would otherwise fail later, with a 401, far from the mistake.
+            name = variable[len("OTEL_EXPORTER_MIXPANEL_"):].lower()
+            raise ConfigurationError(
+                f"{_names(name, variable)} must be a non-empty string, not {argument!r}"
+            )
         return argument
     value = environ.get(variable, "").strip()
     return value or None
@@ -116,17 +122,21 @@ def _resolve_seconds(
     timeout: Optional[float], argument: str, variable: str, default: float,
     environ: Mapping[str, str],
 ) -> float:
+    shown: object = timeout
     if timeout is None:
         raw = environ.get(variable, "").strip()
         if not raw:
             return default
+        shown = raw
         try:
             timeout = float(raw)
         except ValueError:
             timeout = float("nan")
+    elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        timeout = float("nan")  # "5" or True: refused, named below
     if not timeout > 0 or timeout == float("inf"):
         raise ConfigurationError(
-            f"{_names(argument, variable)} must be a positive number of seconds, not {timeout!r}"
+            f"{_names(argument, variable)} must be a positive number of seconds, not {shown!r}"
         )
     return float(timeout)
 
@@ -167,17 +177,22 @@ def _resolve_bytes(
     value: Optional[int], argument: str, variable: str, default: int,
     environ: Mapping[str, str],
 ) -> int:
+    shown: object = value
     if value is None:
         raw = environ.get(variable, "").strip()
         if not raw:
             return default
+        shown = raw
         try:
             value = int(raw)
         except ValueError:
             value = 0
+    elif isinstance(value, bool) or not isinstance(value, int):
+        value = 0  # "lots", 1.5 or True: refused, named below
     if value <= 0:
         raise ConfigurationError(
-            f"{_names(argument, variable)} must be a positive number of bytes"
+            f"{_names(argument, variable)} must be a positive whole number of bytes, "
+            f"not {shown!r}"
         )
     return value
 

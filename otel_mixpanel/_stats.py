@@ -83,6 +83,28 @@ class Stats:
             verb, pending, reason, total, suffix,
         )
 
+    def log_due(self) -> None:
+        """Write the held-back counts whose minute is over, so that a burst of
+        drops followed by silence still reaches the log within about a minute
+        (the queue's threads call this as they work; the shutdown line has the rest)."""
+        now = self._clock()
+        with self._lock:
+            if not self._unlogged:
+                return
+            due = [tag for tag in self._unlogged
+                   if now - self._last_logged.get(tag, now) >= LOG_INTERVAL]
+            lines = []
+            for tag in due:
+                verb, reason = tag.split(":", 1)
+                counter = self._dropped if verb == "dropped" else self._adjusted
+                self._last_logged[tag] = now
+                lines.append((verb, self._unlogged.pop(tag), reason, counter[reason]))
+        for verb, pending, reason, total in lines:
+            self._logger.warning(
+                "Mixpanel: %s %d for reason %s since the last such line, %d in all",
+                verb, pending, reason, total,
+            )
+
     def after_fork(self) -> None:
         """A forked child starts with a free lock (the parent's may have been
         held by another thread at the fork); its counters stay the parent's."""

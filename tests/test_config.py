@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from otel_mixpanel import ConfigurationError
@@ -128,3 +130,35 @@ def test_plain_http_allowed_for_loopback() -> None:
     """The local Mixpanel needs plain http on 127.0.0.1."""
     settings = resolve_settings(api_host="http://127.0.0.1:9999", environ=TOKEN)
     assert settings.base_url == "http://127.0.0.1:9999"
+
+
+class TestQueueSettings:
+    def test_defaults(self) -> None:
+        """A 64 MiB memory queue and a 20 s shutdown budget, without reading docs."""
+        settings = resolve_settings(environ=TOKEN)
+        assert settings.queue_max_bytes == 64 * 1024 * 1024
+        assert settings.shutdown_timeout == 20.0
+
+    @pytest.mark.parametrize(
+        ("keywords", "named"),
+        [
+            ({"queue_max_bytes": "lots"}, "queue_max_bytes= (or OTEL_EXPORTER_MIXPANEL_QUEUE_MAX"),
+            ({"queue_max_bytes": 1.5}, "queue_max_bytes="),
+            ({"queue_max_bytes": True}, "queue_max_bytes="),
+            ({"spool_max_bytes": "64MiB"}, "spool_max_bytes="),
+            ({"shutdown_timeout": "x"}, "shutdown_timeout= (or OTEL_EXPORTER_MIXPANEL_SHUTDOWN"),
+            ({"shutdown_timeout": 0}, "shutdown_timeout="),
+            ({"timeout": "5"}, "timeout="),
+            ({"token": ""}, "token= (or OTEL_EXPORTER_MIXPANEL_TOKEN) must be a non-empty"),
+            ({"spool_dir": " "}, "spool_dir="),
+        ],
+    )
+    def test_wrong_types_name_the_setting(self, keywords: dict[str, object], named: str) -> None:
+        """A wrong type is a ConfigurationError naming the setting, never a bare TypeError."""
+        with pytest.raises(ConfigurationError, match=re.escape(named)):
+            resolve_settings(environ=TOKEN, **keywords)  # type: ignore[arg-type]
+
+    def test_environment_value_is_quoted_as_given(self) -> None:
+        environ = {**TOKEN, "OTEL_EXPORTER_MIXPANEL_SHUTDOWN_TIMEOUT": "abc"}
+        with pytest.raises(ConfigurationError, match="not 'abc'"):
+            resolve_settings(environ=environ)

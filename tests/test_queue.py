@@ -7,13 +7,17 @@ import logging
 import re
 import threading
 import time
+from pathlib import Path
 from typing import List
 
 import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk.trace import TracerProvider
 
-from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter, RetryPolicy
+from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter, RetryPolicy, configure
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._queue._backend import MemoryBackend
+from otel_mixpanel._stats import Stats
 from otel_mixpanel.testing import LocalMixpanel
 from tests.helpers import FAST, finished_spans
 
@@ -79,6 +83,7 @@ def test_a_retry_after_beyond_the_budget_ends_the_shutdown_at_once(
     exporter.shutdown()
     assert time.monotonic() - started < 2.0
     assert exporter.stats()["dropped"] == {"undelivered_at_shutdown": 1}
+    assert len(mixpanel.requests) == 1  # Mixpanel asked for 30 s: no attempt before
     mixpanel.clear_faults()
 
 
@@ -143,3 +148,139 @@ def test_an_abandoned_exporter_lets_its_queue_go(mixpanel: LocalMixpanel) -> Non
     assert queue._closed
     assert queue.stats.snapshot()["dropped"] == {"undelivered_at_shutdown": 1}
     mixpanel.clear_faults()
+
+
+def test_a_hanging_request_cannot_stretch_shutdown_or_hide_the_loss(
+    mixpanel: LocalMixpanel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mixpanel accepts the connection and never answers: shutdown ends within
+    its budget, and the loss is counted and logged before it returns."""
+    mixpanel.fail_for(30, status=None, delay=30)
+    pipeline = configure(
+        tracer_provider=TracerProvider(), logger_provider=LoggerProvider(),
+        token=mixpanel.token, api_host=mixpanel.url, timeout=5, shutdown_timeout=1.0,
+        schedule_delay_millis=20,
+    )
+    tracer = pipeline.tracer_provider.get_tracer("app")
+    for i in range(5):
+        with tracer.start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.event", f"E{i}")
+    time.sleep(0.3)  # the request is on the wire
+    with caplog.at_level(logging.INFO, logger="otel_mixpanel"):
+        started = time.monotonic()
+        assert pipeline.shutdown() is False
+        took = time.monotonic() - started
+    assert took < 1.0 + 1.0
+    assert pipeline.stats()["dropped"] == {"undelivered_at_shutdown": 5}
+    assert "undelivered_at_shutdown 5" in caplog.records[-1].getMessage()
+    mixpanel.clear_faults()
+
+
+def test_a_spooled_add_on_the_wire_at_shutdown_is_never_applied_twice(
+    mixpanel: LocalMixpanel, tmp_path: Path
+) -> None:
+    """Shutdown gives up on a request Mixpanel holds and applies later: its
+    events stay spooled (Mixpanel deduplicates them), its $add does not."""
+    mixpanel.fail_next(1, status=None, delay=1.5)
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, timeout=5, shutdown_timeout=0.3,
+        spool_dir=str(tmp_path), retry_policy=FAST,
+    )
+    update = finished_spans({"mixpanel.distinct_id": "u", "mixpanel.people.add.n": 1})
+    exporting = threading.Thread(target=exporter.export, args=(update,))
+    exporting.start()
+    time.sleep(0.2)
+    exporter.shutdown()
+    exporting.join(5)
+    assert exporter.stats()["dropped"] == {"outcome_unknown": 1}
+    assert mixpanel.wait_for(lambda s: s.profiles == {"u": {"n": 1}}, timeout=5)
+    restarted = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, spool_dir=str(tmp_path),
+    )
+    try:
+        assert restarted.force_flush(5_000)
+    finally:
+        restarted.shutdown()
+    assert mixpanel.profiles == {"u": {"n": 1}}
+
+
+def test_a_bound_smaller_than_one_batch_still_delivers(mixpanel: LocalMixpanel) -> None:
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, queue_max_bytes=1_000,
+    )
+    try:
+        exporter.export(finished_spans(*({"mixpanel.event": f"E{i}"} for i in range(50))))
+        assert exporter.force_flush(5_000)
+    finally:
+        exporter.shutdown()
+    assert len(mixpanel.unique_events()) == 50
+    assert exporter.stats()["dropped"] == {}
+
+
+def test_shutdown_after_a_long_outage_tries_at_once(mixpanel: LocalMixpanel) -> None:
+    """The backoff has grown past the budget, but Mixpanel is back: shutdown
+    tries once at once instead of giving up."""
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, shutdown_timeout=5,
+        retry_policy=RetryPolicy(initial=60, maximum=60, jitter=(0, 0)),
+    )
+    mixpanel.fail_next(1, status=503)
+    exporter.export(finished_spans({"mixpanel.event": "A"}))
+    assert mixpanel.wait_for(lambda s: len(s.requests) == 1)
+    started = time.monotonic()
+    exporter.shutdown()
+    assert time.monotonic() - started < 2.0
+    assert [e["event"] for e in mixpanel.unique_events()] == ["A"]
+    assert exporter.stats()["dropped"] == {}
+
+
+def test_a_hanging_mixpanel_never_fills_configures_buffer(mixpanel: LocalMixpanel) -> None:
+    """configure()'s buffer is drained whatever Mixpanel does: a request that
+    hangs holds no thread that the buffer needs."""
+    mixpanel.fail_for(1.0, status=None, delay=1.0)
+    pipeline = configure(
+        tracer_provider=TracerProvider(), logger_provider=LoggerProvider(),
+        token=mixpanel.token, api_host=mixpanel.url, timeout=5,
+        max_queue_size=50, max_export_batch_size=10, schedule_delay_millis=10,
+    )
+    tracer = pipeline.tracer_provider.get_tracer("app")
+    try:
+        for i in range(300):
+            with tracer.start_as_current_span("s") as span:
+                span.set_attribute("mixpanel.event", f"E{i}")
+            time.sleep(0.002)
+        assert pipeline.force_flush(10_000)
+    finally:
+        pipeline.shutdown()
+    assert "queue_full" not in pipeline.stats()["dropped"]
+    assert len(mixpanel.unique_events()) == 300
+
+
+def test_held_back_counts_reach_the_log_after_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    clock = [0.0]
+    stats = Stats(logging.getLogger("otel_mixpanel.test"), clock=lambda: clock[0])
+    with caplog.at_level(logging.WARNING, logger="otel_mixpanel.test"):
+        for _ in range(5):
+            stats.dropped("queue_full", detail="full")
+        stats.log_due()
+        clock[0] = 61.0
+        stats.log_due()
+    assert [r.getMessage() for r in caplog.records] == [
+        "Mixpanel: dropped 1 for reason queue_full since the last such line, 1 in all (full)",
+        "Mixpanel: dropped 4 for reason queue_full since the last such line, 5 in all",
+    ]
+
+
+def test_a_second_queue_for_the_same_project_is_named(
+    mixpanel: LocalMixpanel, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="otel_mixpanel"):
+        spans = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url, timeout=10)
+        logs = MixpanelLogExporter(token=mixpanel.token, api_host=mixpanel.url, timeout=5)
+    try:
+        assert spans._queue is not logs._queue
+        assert any("second sending queue" in r.getMessage() and "timeout" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        spans.shutdown()
+        logs.shutdown()

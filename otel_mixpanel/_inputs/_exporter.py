@@ -166,12 +166,12 @@ class MixpanelExporterBase:
             self._logger.exception("Mixpanel export failed")
             return False
 
-    def _submit(self, messages: List[Message]) -> bool:
-        """Queue *messages* and wait while Mixpanel answers; True unless refused."""
+    def _submit(self, messages: List[Message], *, wait: bool = True) -> bool:
+        """Queue *messages* and (``wait``) wait while Mixpanel answers; True."""
         if not messages:
             return True
         ticket = self._queue.submit(messages)
-        if ticket is not None:
+        if ticket is not None and wait:
             self._queue.wait(ticket, self._settings.timeout)
         return True
 

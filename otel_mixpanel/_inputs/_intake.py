@@ -101,6 +101,7 @@ class Intake:
             self._awake.wait(self._delay)
             self._awake.clear()
             self._export(everything=False)
+            self.queue.stats.log_due()  # queue_full counts reach the log within a minute
         self._export(everything=True)
 
     def _export(self, *, everything: bool) -> None:
@@ -131,7 +132,10 @@ class Intake:
         owner = self.exporters[_SPAN] or self.exporters[_LOG]
         if owner is not None:
             try:
-                owner._submit(messages)
+                # No waiting for Mixpanel's answer: this thread must keep
+                # draining the buffer whatever Mixpanel does (a hanging request
+                # would otherwise fill it); force_flush() waits for answers.
+                owner._submit(messages, wait=False)
             except Exception:  # pragma: no cover - never into the worker loop
                 owner._logger.exception("Mixpanel export failed")
 
@@ -141,7 +145,9 @@ class Intake:
         return self.queue.flush(max(0.0, deadline - time.monotonic()))
 
     def close_door(self, timeout_millis: Optional[float]) -> None:
-        """The last door closed: export what is held, then shut the exporters down."""
+        """The last door closed: export what is held, then shut the exporters
+        down with what is left of *timeout_millis* (their budget starts now)."""
+        started = time.monotonic()
         self._doors -= 1
         if self._doors > 0:
             self._export(everything=True)
@@ -152,7 +158,10 @@ class Intake:
             self._worker.join()
         for exporter in self.exporters:
             if exporter is not None:
-                exporter.shutdown(timeout_millis)
+                left = None
+                if timeout_millis is not None:
+                    left = max(0.0, timeout_millis - (time.monotonic() - started) * 1000)
+                exporter.shutdown(left)
 
     def _after_fork(self) -> None:
         self._items.clear()  # the parent's to export

@@ -103,7 +103,8 @@ class MemoryBackend(Backend):
     by newlines (compact JSON has none) and deflated, so that a five-minute
     outage at 500 events/s fits in the default bound. Beyond the bound the
     oldest entries that are not being sent are evicted and reported through
-    ``on_evict``.
+    ``on_evict``; the newest entry is always kept, even when it alone is
+    larger than the bound.
     """
 
     def __init__(self, max_bytes: int, on_evict: Callable[[int], None]) -> None:
@@ -133,7 +134,10 @@ class MemoryBackend(Backend):
     def _evict(self) -> None:
         evicted = 0
         while self._bytes > self.max_bytes:
-            victim = next((e for e in self._entries if not e.taken), None)
+            # The newest entry stays whatever its size: a bound smaller than
+            # one batch must not lose everything while Mixpanel answers.
+            newest = self._entries[-1]
+            victim = next((e for e in self._entries if not e.taken and e is not newest), None)
             if victim is None:
                 break
             self._entries.remove(victim)

@@ -106,7 +106,7 @@ class Client:
             # records wait, and the log says why at every backoff step.
             remaining = everything
             if answer.maybe_delivered:
-                unsafe = set(self._not_idempotent(batch))
+                unsafe = set(self.not_idempotent(endpoint, records))
                 if unsafe:
                     stats.dropped(
                         "outcome_unknown", len(unsafe),
@@ -143,12 +143,12 @@ class Client:
         return self._transport.post(url, body, headers, timeout)
 
     @staticmethod
-    def _not_idempotent(batch: Batch) -> List[int]:
+    def not_idempotent(endpoint: Endpoint, records: Sequence[bytes]) -> List[int]:
         """Indices of records that must not be applied twice."""
-        if batch.endpoint is not Endpoint.ENGAGE:
+        if endpoint is not Endpoint.ENGAGE:
             return []
         unsafe = []
-        for index, record in enumerate(batch.records):
+        for index, record in enumerate(records):
             update = json.loads(record)
             if NON_IDEMPOTENT_OPERATIONS.intersection(update):
                 unsafe.append(index)

@@ -9,15 +9,19 @@ exporter using it shuts down; an exporter made afterwards gets a new one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 from typing import Any, Dict, Optional, Tuple
 
+from otel_mixpanel import environment_variables as env
 from otel_mixpanel._config import Settings
+from otel_mixpanel._exceptions import ConfigurationError
 from otel_mixpanel._queue._retry import RetryPolicy
 from otel_mixpanel._queue._sending import SendingQueue
 from otel_mixpanel._queue._transport import Transport
 
+_logger = logging.getLogger("otel_mixpanel")
 _lock = threading.Lock()
 _queues: Dict[Any, Tuple[SendingQueue, int]] = {}
 
@@ -41,9 +45,45 @@ def acquire(
         queue, users = _queues.get(key, (None, 0))
         created = queue is None
         if queue is None:
-            queue = SendingQueue(settings, transport=transport, retry_policy=policy)
+            try:
+                queue = SendingQueue(settings, transport=transport, retry_policy=policy)
+            except OSError as error:  # the spool directory cannot be made or used
+                raise ConfigurationError(
+                    f"spool_dir= (or {env.OTEL_EXPORTER_MIXPANEL_SPOOL_DIR}) "
+                    f"{settings.spool_dir!r} cannot be used: {error}"
+                ) from error
+            _warn_if_split(settings, key)
         _queues[key] = (queue, users + 1)
     return queue, created
+
+
+def _warn_if_split(settings: Settings, key: Any) -> None:
+    """Under the lock: a second queue for the same project means two lines of
+    records that may overtake each other; say which settings split them."""
+    for other_key, (other, _) in _queues.items():
+        mine, theirs = settings, other.settings
+        same_project = (mine.base_url, mine.token, mine.project_id) == (
+            theirs.base_url, theirs.token, theirs.project_id
+        )
+        if not same_project:
+            continue
+        differ = sorted(
+            f.name for f in dataclasses.fields(Settings)
+            if f.name not in ("resource_attributes", "trace_ids")
+            and getattr(mine, f.name) != getattr(theirs, f.name)
+        )
+        if key[1] is not other_key[1]:
+            differ.append("transport")
+        if key[2] != other_key[2]:
+            differ.append("retry_policy")
+        if differ:
+            _logger.warning(
+                "Mixpanel: a second sending queue for the same project, because %s differ "
+                "between exporters; records of the two may reach Mixpanel out of order. "
+                "Give every exporter the same settings to share one queue.",
+                ", ".join(differ),
+            )
+            return
 
 
 def release(queue: SendingQueue, budget: float) -> bool:

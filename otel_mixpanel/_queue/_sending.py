@@ -29,7 +29,7 @@ from opentelemetry import context as otel_context
 
 from otel_mixpanel._config import Settings
 from otel_mixpanel._model import Event, IdentityEvent, Message
-from otel_mixpanel._queue._backend import Backend, MemoryBackend
+from otel_mixpanel._queue._backend import Backend, MemoryBackend, Take
 from otel_mixpanel._queue._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_batches
 from otel_mixpanel._queue._client import KIND, Client, Counts
 from otel_mixpanel._queue._disk import DiskBackend
@@ -102,6 +102,8 @@ class SendingQueue:
         self._closing = False
         self._closed = False
         self._abandoned = False
+        self._kick = False  # shutdown asks for one attempt at once
+        self._in_flight: Optional[Take] = None
         self._in_flight_until = 0.0  # when the request being sent times out
         self.delivered_all: Optional[bool] = None  # set by close()
         self._deadline = float("inf")
@@ -141,6 +143,7 @@ class SendingQueue:
             if ticket is not None:
                 self._start_sender()
                 self._cond.notify_all()
+        self.stats.log_due()
         return ticket
 
     def wait(self, ticket: Any, timeout: float) -> bool:
@@ -258,39 +261,56 @@ class SendingQueue:
                         self._backend.release(take)
                         return False
                 self._in_flight_until = time.monotonic() + timeout
+                self._in_flight = take
         if take is None:
             return not self._pause(timeout)
         counts = Counts()
         outcome = self._client.attempt(take.endpoint, take.records, timeout, counts)
         with self._cond:
             self._in_flight_until = 0.0
-            if self._abandoned:  # shutdown stopped waiting: counted lost there
+            self._in_flight = None
+            if self._abandoned:  # shutdown stopped waiting: counted there
                 return False
             counts.apply(self.stats)
             self._backend.settle(take, outcome.remaining)
             if outcome.too_large:
                 self._max_records = max(1, len(take.records) // 2)
-            self._failures = self._failures + 1 if outcome.retry else 0
+            failures, self._failures = self._failures, self._failures + 1 if outcome.retry else 0
             self._cond.notify_all()
-            if self._closed:
-                return False
+            closed = self._closed
+        self.stats.log_due()
         if not outcome.retry:
-            return True
+            if failures:
+                self._logger.warning(
+                    "Mixpanel answers again after %d failed attempts; %s wait to be sent",
+                    failures, _records(self.waiting()[0]),
+                )
+            return not closed
+        if closed:
+            return False
         waiting, _ = self.waiting()
         self.stats.retried(KIND[take.endpoint], len(outcome.remaining))
         delay = outcome.retry_after
         if delay is None:
             delay = self._policy.backoff(self._failures - 1)
         self._warn_failing(outcome.error, outcome.status, delay, waiting)
-        return not self._pause(delay)
+        return not self._pause(delay, asked=outcome.retry_after is not None)
 
-    def _pause(self, delay: float) -> bool:
+    def _pause(self, delay: float, *, asked: bool = False) -> bool:
         """Sleep *delay* seconds; True when the sender must stop instead (the
-        shutdown budget cannot hold the wait, or it is spent)."""
+        shutdown budget cannot hold the wait, or it is spent). Shutdown cuts
+        our own backoff short for one attempt at once, but not a wait that
+        Mixpanel *asked* for (``Retry-After``)."""
         until = time.monotonic() + delay
         while True:
-            if self._closed or (self._closing and until >= self._deadline):
+            if self._closed:
                 return True
+            if self._closing:
+                if self._kick and not asked:
+                    self._kick = False
+                    return False
+                if until >= self._deadline:
+                    return True
             left = until - time.monotonic()
             if left <= 0:
                 return False
@@ -298,11 +318,13 @@ class SendingQueue:
             self._wake.clear()
 
     def _warn_failing(self, error: Optional[str], status: int, delay: float, waiting: int) -> None:
-        # One line per backoff step at most, and backoff steps grow to a minute.
-        if self._failures in (1, 2) or self._failures % 5 == 0 or status in (401, 403):
+        # The first failures, then every wait of 10 s or more (they grow to a
+        # minute): a line a minute at most in a long outage.
+        if self._failures <= 2 or delay >= 10 or status in (401, 403):
             self._logger.warning(
-                "Mixpanel: attempt %d failed (%s); %d records wait in the sending queue, "
-                "next try in %.1f s", self._failures, error or f"HTTP {status}", waiting, delay,
+                "Mixpanel: attempt %d failed (%s); %s wait in the sending queue, "
+                "next try in %.1f s", self._failures, error or f"HTTP {status}",
+                _records(waiting), delay,
             )
 
     # Closing
@@ -316,8 +338,19 @@ class SendingQueue:
                 return True
             self._closing = True
             self._deadline = time.monotonic() + max(0.0, budget)
+            # One attempt at once, and the backoff starts again from its first
+            # step: after a long outage Mixpanel may be back, and a minute's
+            # wait would not fit in the budget.
+            self._kick = True
+            self._failures = min(self._failures, 1)
+            waiting = self._backend.count()[0]
             self._start_sender()
             self._cond.notify_all()
+        if waiting:
+            self._logger.info(
+                "Mixpanel exporter shutting down: delivering %s for at most %.1f s",
+                _records(waiting), max(0.0, budget),
+            )
         self._wake.set()
         with self._cond:
             while self._backend.last_ticket() is not None and self._sender is not None:
@@ -331,13 +364,14 @@ class SendingQueue:
             self._cond.notify_all()
         self._wake.set()
         if sender is not None:
-            # A request sent before shutdown began may outlast the budget (when
-            # the budget is shorter than the request timeout): its answer is
-            # awaited, so that nothing is counted both sent and lost, and no
-            # spooled $add that Mixpanel applied is sent again at the next start.
-            sender.join(max(0.0, in_flight_until - time.monotonic()) + 0.5)
+            # A request sent before shutdown began may still be on the wire: its
+            # answer is awaited, but never past the budget.
+            until = min(in_flight_until, self._deadline)
+            sender.join(max(0.0, until - time.monotonic()) + 0.2)
         with self._cond:
             self._abandoned = sender is not None and sender.is_alive()
+            if self._abandoned:
+                self._forget_unsafe_in_flight()
             left, _ = self._backend.count()
             kept = isinstance(self._backend, DiskBackend)
             if left and not kept:
@@ -348,22 +382,35 @@ class SendingQueue:
         self.delivered_all = left == 0
         return self.delivered_all
 
+    def _forget_unsafe_in_flight(self) -> None:
+        """Under the lock, when shutdown stops waiting for a request Mixpanel may
+        still apply: its answer will not be read (nothing is counted twice), and
+        with the spool its $add/$append updates are taken out so the next start
+        cannot apply them a second time (counted ``outcome_unknown``)."""
+        take = self._in_flight
+        if take is None or not isinstance(self._backend, DiskBackend):
+            return
+        unsafe = set(Client.not_idempotent(take.endpoint, take.records))
+        self._backend.settle(take, [i for i in range(len(take.records)) if i not in unsafe])
+        if unsafe:
+            self.stats.dropped("outcome_unknown", len(unsafe), log=False)
+
     def _log_totals(self, spooled: int) -> None:
         snapshot = self.stats.snapshot()
         sent = sum(snapshot["sent"].values())
         dropped = snapshot["dropped"]
-        where = f"; {spooled} records wait in {self.settings.spool_dir} for the next start" \
+        where = f"; {_records(spooled)} wait in {self.settings.spool_dir} for the next start" \
             if spooled else ""
         if dropped:
             reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(dropped.items()))
             self._logger.warning(
-                "Mixpanel exporter shut down: %d records sent; dropped since start: %s%s",
-                sent, reasons, where,
+                "Mixpanel exporter shut down: %s sent; dropped since start: %s%s",
+                _records(sent), reasons, where,
             )
         elif spooled:
-            self._logger.warning("Mixpanel exporter shut down: %d records sent%s", sent, where)
+            self._logger.warning("Mixpanel exporter shut down: %s sent%s", _records(sent), where)
         else:
-            self._logger.info("Mixpanel exporter shut down: %d records sent, none lost", sent)
+            self._logger.info("Mixpanel exporter shut down: %s sent, none lost", _records(sent))
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks, no sender; the parent's queued records
@@ -374,6 +421,10 @@ class SendingQueue:
         self._failures = 0
         self._backend.after_fork()
         self.stats.after_fork()
+
+
+def _records(count: int) -> str:
+    return f"{count} record" if count == 1 else f"{count} records"
 
 
 def _after_fork_in_child() -> None:
