@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Iterator, Tuple
+from typing import Iterator, List, Protocol, Tuple, TypeVar
 
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
@@ -12,6 +12,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 
 from otel_mixpanel import MixpanelIdentityLogProcessor, MixpanelLogExporter
+from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
 
 
@@ -67,3 +68,27 @@ def mixpanel_env(mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch) -> No
     """Point no-argument exporters at the local Mixpanel through the environment."""
     for name, value in mixpanel.env().items():
         monkeypatch.setenv(name, value)
+
+
+Exporter = TypeVar("Exporter", bound=MixpanelExporterBase)
+
+
+class ShutDown(Protocol):
+    """The ``shut_down`` fixture: returns its exporter, shut down after the test."""
+
+    def __call__(self, exporter: Exporter) -> Exporter: ...
+
+
+@pytest.fixture
+def shut_down() -> Iterator[ShutDown]:
+    """Pass an exporter through this to have it shut down after the test."""
+    made: List[MixpanelExporterBase] = []
+
+    def track(exporter: Exporter) -> Exporter:
+        made.append(exporter)
+        return exporter
+
+    yield track
+    for exporter in made:
+        if not exporter._is_shut_down:
+            exporter.shutdown(timeout_millis=1_000)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any, List, Mapping
+from typing import Any, Callable, List, Mapping
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -53,3 +54,13 @@ def finished_spans(*attribute_sets: Mapping[str, Any]) -> List[ReadableSpan]:
             pass
     provider.shutdown()
     return list(memory.get_finished_spans())
+
+
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll *condition* until it holds or *timeout* seconds passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -3,19 +3,15 @@ InMemoryMetricReader after real exports to the local Mixpanel."""
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader, Sum
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_mixpanel import MixpanelSpanExporter
 from otel_mixpanel.testing import LocalMixpanel
-from tests.helpers import FAST
+from tests.helpers import FAST, finished_spans, until
 
 # instrument name -> (stats key, attribute name)
 COUNTERS = {
@@ -28,19 +24,6 @@ WAITING = "otel_mixpanel.queue.waiting"  # a gauge: what waits now, not a runnin
 INSTRUMENTS = {**COUNTERS, WAITING: ("waiting", "measure")}
 
 Points = Dict[str, Dict[Tuple[Tuple[str, Any], ...], int]]
-
-
-def finished_spans(*attribute_sets: Mapping[str, Any]) -> List[ReadableSpan]:
-    """Real ReadableSpans, one per attribute set."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("metrics")
-    for attributes in attribute_sets:
-        with tracer.start_as_current_span("op", attributes=dict(attributes)):
-            pass
-    provider.shutdown()
-    return list(memory.get_finished_spans())
 
 
 def collect(reader: InMemoryMetricReader) -> Points:
@@ -70,16 +53,6 @@ def agree(points: Points, stats: Mapping[str, Mapping[str, int]]) -> None:
     for name, (key, attribute) in INSTRUMENTS.items():
         expected = {((attribute, label),): count for label, count in stats[key].items()}
         assert points.get(name, {}) == expected, name
-
-
-def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll *condition* until it holds or *timeout* seconds passed."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_counters_as_metrics(mixpanel: LocalMixpanel) -> None:

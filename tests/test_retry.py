@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -35,7 +35,7 @@ from otel_mixpanel._queue._transport import HTTPResponse, Transport
 from otel_mixpanel._stats import Stats
 from otel_mixpanel.testing import LocalMixpanel
 from tests.conftest import SENDER
-from tests.helpers import FAST, emit
+from tests.helpers import FAST, emit, until
 
 T0 = 1_732_280_000_000
 
@@ -93,15 +93,6 @@ def sending_queue(settings: Settings, *, transport: Optional[Transport] = None,
         yield queue
     finally:
         queue.close(0.5)
-
-
-def until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def sizes(mixpanel: LocalMixpanel) -> List[int]:

@@ -8,8 +8,7 @@ import base64
 import gzip
 import logging
 import socket
-import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Protocol, TypeVar
+from typing import Any, Dict, Iterator, List, Mapping
 
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
@@ -25,9 +24,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_mixpanel import ConfigurationError, MixpanelLogExporter, MixpanelSpanExporter
 from otel_mixpanel._config import resolve_settings
-from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
-from tests.helpers import FAST
+from tests.conftest import ShutDown
+from tests.helpers import FAST, until
 
 TOKEN = "tok-S3CRET-9f2c7e1a"
 SA_USER = "sa-user-K1w9"
@@ -75,42 +74,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll *condition* until it holds or *timeout* seconds passed."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-Exporter = TypeVar("Exporter", bound=MixpanelExporterBase)
-
-
-class ShutDown(Protocol):
-    """The ``shut_down`` fixture: returns its exporter, shut down after the test."""
-
-    def __call__(self, exporter: Exporter) -> Exporter: ...
-
-
-
-
-@pytest.fixture
-def shut_down() -> Iterator[ShutDown]:
-    """Pass an exporter through this to have it shut down after the test."""
-    made: List[MixpanelExporterBase] = []
-
-    def track(exporter: Exporter) -> Exporter:
-        made.append(exporter)
-        return exporter
-
-    yield track
-    for exporter in made:
-        if not exporter._is_shut_down:
-            exporter.shutdown(timeout_millis=1_000)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Protocol, TypeVar
+from typing import Any, Iterator, List
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -19,44 +19,9 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_mixpanel import ConfigurationError, MixpanelSpanExporter
-from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
-from tests.helpers import FAST
-
-Exporter = TypeVar("Exporter", bound=MixpanelExporterBase)
-
-
-class ShutDown(Protocol):
-    """The ``shut_down`` fixture: returns its exporter, shut down after the test."""
-
-    def __call__(self, exporter: Exporter) -> Exporter: ...
-
-
-
-
-@pytest.fixture
-def shut_down() -> Iterator[ShutDown]:
-    """Pass an exporter through this to have it shut down after the test."""
-    made: List[MixpanelExporterBase] = []
-
-    def track(exporter: Exporter) -> Exporter:
-        made.append(exporter)
-        return exporter
-
-    yield track
-    for exporter in made:
-        if not exporter._is_shut_down:
-            exporter.shutdown(timeout_millis=1_000)
-
-
-def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll *condition* until it holds or *timeout* seconds passed."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+from tests.conftest import ShutDown
+from tests.helpers import FAST, until
 
 
 @pytest.fixture

@@ -182,13 +182,33 @@ def intake_for(exporter: MixpanelExporterBase, **settings: Any) -> Intake:
         return intake
 
 
-class OrderedSpanProcessor(SpanProcessor):
-    """Feeds sampled spans, in the order they end, to the shared intake."""
+class _Door:
+    """What both processors do: open their door on the shared intake, and close it."""
+
+    _kind: int
 
     def __init__(self, exporter: MixpanelExporterBase, **settings: Any) -> None:
         self._intake = intake_for(exporter, **settings)
-        self._intake.open_door(_SPAN, exporter)
+        self._intake.open_door(self._kind, exporter)
         self._done = False
+
+    def shutdown(self, timeout_millis: Optional[float] = None) -> None:
+        """Export what is held; the last of the two doors also shuts the
+        exporters down (delivering within *timeout_millis* or the exporters'
+        ``shutdown_timeout``)."""
+        if not self._done:
+            self._done = True
+            self._intake.close_door(timeout_millis)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Export what is held and wait until Mixpanel has answered for it."""
+        return self._intake.force_flush(timeout_millis)
+
+
+class OrderedSpanProcessor(_Door, SpanProcessor):
+    """Feeds sampled spans, in the order they end, to the shared intake."""
+
+    _kind = _SPAN
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         pass
@@ -198,41 +218,16 @@ class OrderedSpanProcessor(SpanProcessor):
         if context is not None and context.trace_flags.sampled:
             self._intake.offer(_SPAN, span)
 
-    def shutdown(self, timeout_millis: Optional[float] = None) -> None:
-        """Export what is held; the last of the two doors also shuts the
-        exporters down (delivering within *timeout_millis* or the exporters'
-        ``shutdown_timeout``)."""
-        if not self._done:
-            self._done = True
-            self._intake.close_door(timeout_millis)
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._intake.force_flush(timeout_millis)
-
-
-class OrderedLogRecordProcessor(LogRecordProcessor):
+class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
     """Feeds log records, in the order they are emitted, to the shared intake."""
 
-    def __init__(self, exporter: MixpanelExporterBase, **settings: Any) -> None:
-        self._intake = intake_for(exporter, **settings)
-        self._intake.open_door(_LOG, exporter)
-        self._done = False
+    _kind = _LOG
 
     def on_emit(self, log_data: Any) -> None:
         self._intake.offer(_LOG, log_data)
 
     emit = on_emit  # the name before SDK 1.35
-
-    def shutdown(self, timeout_millis: Optional[float] = None) -> None:
-        """Export what is held; the last of the two doors also shuts the
-        exporters down (delivering within *timeout_millis* or the exporters'
-        ``shutdown_timeout``)."""
-        if not self._done:
-            self._done = True
-            self._intake.close_door(timeout_millis)
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._intake.force_flush(timeout_millis)
 
 
 def _after_fork_in_child() -> None:

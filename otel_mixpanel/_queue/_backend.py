@@ -30,6 +30,22 @@ class Take:
     endpoint: Endpoint
     records: List[bytes]
     parts: List[Tuple[Any, int]] = field(default_factory=list)  # (entry, records taken from it)
+    size: int = 2  # the request body's bytes so far: the brackets of the JSON array
+
+    def fill(self, entry: Any, records: Sequence[bytes], max_records: int, max_bytes: int) -> bool:
+        """Take the first of *records* (of *entry*) that fit; True when all did."""
+        used = 0
+        for record in records:
+            if self.records and (
+                len(self.records) >= max_records or self.size + len(record) + 1 > max_bytes
+            ):
+                break
+            self.records.append(record)
+            self.size += len(record) + 1
+            used += 1
+        if used:
+            self.parts.append((entry, used))
+        return used == len(records)
 
 
 class Backend(abc.ABC):
@@ -152,24 +168,17 @@ class MemoryBackend(Backend):
             return None
         endpoint = self._entries[0].endpoint
         take = Take(endpoint, [])
-        size = 2
         for entry in self._entries:
             if entry.endpoint is not endpoint:
                 break
             held = entry.size
             records = entry.unpacked()
             self._bytes += entry.size - held
-            used = 0
-            for record in records:
-                size += len(record) + 1
-                if take.records and (len(take.records) >= max_records or size > max_bytes):
-                    break
-                take.records.append(record)
-                used += 1
-            if used:
+            before = len(take.parts)
+            whole = take.fill(entry, records, max_records, max_bytes)
+            if len(take.parts) > before:
                 entry.taken = True
-                take.parts.append((entry, used))
-            if used < len(records):
+            if not whole:
                 break
         return take
 

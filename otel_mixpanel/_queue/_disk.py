@@ -64,7 +64,6 @@ class DiskBackend(Backend):
 
     def _read(self, max_records: int, max_bytes: int) -> Optional[Take]:
         take: Optional[Take] = None
-        size = 2
         for segment in self.spool.segments():
             try:
                 endpoint = Endpoint(segment.endpoint)
@@ -80,16 +79,7 @@ class DiskBackend(Backend):
                 take = Take(endpoint, [])
             elif endpoint is not take.endpoint:
                 break
-            used = 0
-            for record in segment.records:
-                size += len(record) + 1
-                if take.records and (len(take.records) >= max_records or size > max_bytes):
-                    break
-                take.records.append(record)
-                used += 1
-            if used:
-                take.parts.append((segment, used))
-            if used < len(segment.records):
+            if not take.fill(segment, segment.records, max_records, max_bytes):
                 break
         return take
 
