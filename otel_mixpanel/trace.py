@@ -30,6 +30,13 @@ from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 __all__ = ["MixpanelSpanExporter"]
 
 _logger = logging.getLogger(__name__)
+_ATTRIBUTE_LIMIT = "span_attribute_limit"
+_ATTRIBUTE_LIMIT_FIX = (
+    "the SDK's span attribute limit (128 by default) evicted the oldest attributes of a "
+    "tagged span, mixpanel.event perhaps among them, and then the event itself is lost: "
+    "raise TracerProvider(span_limits=SpanLimits(max_span_attributes=...)) or "
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"
+)
 
 
 class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
@@ -69,6 +76,9 @@ class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
             )
             if not tagged and not events:
                 continue
+            evicted = getattr(attributes, "dropped", 0) if tagged else 0
+            if evicted:
+                self._stats.dropped(_ATTRIBUTE_LIMIT, evicted, detail=_ATTRIBUTE_LIMIT_FIX)
             context = span.context
             # format_trace_id/format_span_id's spelling in half their time: a
             # %-format skips the format-spec parsing of format() and f-strings.

@@ -317,3 +317,43 @@ def test_no_credentials_is_a_clear_error() -> None:
     """Without any credentials construction fails, naming the variables."""
     with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_MIXPANEL_TOKEN"):
         MixpanelSpanExporter()
+
+
+def test_tags_evicted_by_the_span_attribute_limit_are_counted(
+    mixpanel: LocalMixpanel, shut_down: ShutDown, caplog: pytest.LogCaptureFixture
+) -> None:
+    """500 tags under the SDK's default limit of 128: the oldest, mixpanel.event
+    among them, are evicted before we see the span. The event is lost, but
+    never silently: counted, and the line names the fix."""
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()  # default SpanLimits
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("app").start_as_current_span("wide") as span:
+        span.set_attribute("mixpanel.event", "Wide")
+        for i in range(499):
+            span.set_attribute(f"mixpanel.people.set.p{i}", i)
+    with caplog.at_level(logging.WARNING):
+        exporter.export(memory.get_finished_spans())
+        assert exporter.force_flush(5_000)
+    assert mixpanel.events_named("Wide") == []
+    dropped = exporter.stats()["dropped"]
+    assert dropped["span_attribute_limit"] == 500 - 128
+    # What was left is a profile update without a distinct id: counted as well.
+    assert dropped == {"span_attribute_limit": 372, "profile_without_distinct_id": 1}
+    assert any("max_span_attributes" in r.getMessage() for r in caplog.records)
+
+
+def test_the_sdks_unknown_service_name_is_not_sent(
+    mixpanel: LocalMixpanel, shut_down: ShutDown
+) -> None:
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()  # no service.name set: the SDK says unknown_service
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("app").start_as_current_span("s") as span:
+        span.set_attribute("mixpanel.event", "Named")
+    exporter.export(memory.get_finished_spans())
+    assert exporter.force_flush(5_000)
+    (event,) = mixpanel.events_named("Named")
+    assert "service.name" not in event["properties"]

@@ -133,6 +133,9 @@ class MixpanelExporterBase:
         if cached is None or cached[0] is not attributes:
             names = self._settings.resource_attributes
             properties = {name: attributes[name] for name in names if name in attributes}
+            if str(properties.get("service.name", "")).startswith("unknown_service"):
+                # The SDK's stand-in when the service set no name: noise on every event.
+                del properties["service.name"]
             if len(self._resource_properties) >= _MAX_CACHED_RESOURCES:
                 self._resource_properties.clear()  # resources made per record: stay bounded
             cached = self._resource_properties[key] = (attributes, properties)
