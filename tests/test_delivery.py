@@ -15,6 +15,7 @@ from otel_mixpanel._config import Settings, resolve_settings
 from otel_mixpanel._model import Endpoint, Event, GroupUpdate, Message, ProfileUpdate
 from otel_mixpanel._queue import Client, SendingQueue
 from otel_mixpanel._queue._batch import Batch
+from otel_mixpanel._queue._client import loggable
 from otel_mixpanel._queue._responses import read_response
 from otel_mixpanel._queue._transport import HTTPResponse, Transport
 from otel_mixpanel._stats import Stats
@@ -217,8 +218,12 @@ class TestAnswers:
         assert len(mixpanel.events) == 2
         assert len(mixpanel.requests) == 1  # a 400 is never retried
 
-    def test_engage_status_zero_rejects(self, mixpanel: LocalMixpanel) -> None:
-        """/engage answers 200 with status 0 for invalid input: read as rejected, not sent."""
+    def test_engage_status_zero_rejects(
+        self, mixpanel: LocalMixpanel, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """/engage answers 200 with status 0 for invalid input: read as rejected, not
+        sent, and the log line gives Mixpanel's reason, not just "record"."""
+        caplog.set_level(logging.WARNING)
         stats = Stats()
         client = Client(settings_for(mixpanel))
         try:
@@ -230,6 +235,21 @@ class TestAnswers:
         assert stats.snapshot()["sent"] == {}
         assert stats.snapshot()["dropped"] == {"rejected_by_mixpanel": 1}
         assert mixpanel.profiles == {}
+        (line,) = [m for m in caplog.messages if "rejected_by_mixpanel" in m]
+        assert "token" in line.split("(", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("reason", "logged"),
+    [
+        ("properties.time: 'x' is not a valid timestamp", "properties.time"),
+        ("invalid token", "invalid token"),
+        ("'$set' must be an object, got 'alice@example.com'", "… must be an object, got …"),
+        ("", "no reason given"),
+    ],
+)
+def test_a_reason_is_logged_without_what_it_quotes(reason: str, logged: str) -> None:
+    assert loggable(reason) == logged
 
     @pytest.mark.parametrize(
         ("response", "accepted", "retryable", "credentials"),

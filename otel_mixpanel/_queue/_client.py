@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,6 +30,7 @@ KIND = {
     Endpoint.ENGAGE: "profile_updates",
     Endpoint.GROUPS: "group_updates",
 }
+_QUOTED = re.compile(r"""(['"`]).*?\1""")
 # Operations that change a profile again each time they are applied.
 NON_IDEMPOTENT_OPERATIONS = frozenset({"$add", "$append"})
 _BASE_HEADERS = {
@@ -36,6 +38,15 @@ _BASE_HEADERS = {
     "Accept": "application/json",
     "User-Agent": f"otel-mixpanel/{__version__}",
 }
+
+
+def loggable(reason: str) -> str:
+    """Mixpanel's reason for a refusal, fit for a log line: the field alone when
+    it names one ("properties.time: ..."), else its words with anything quoted
+    (it may be the offending value, personal data) left out."""
+    if ":" in reason:
+        return reason.split(":", 1)[0]
+    return _QUOTED.sub("…", reason)[:120] or "no reason given"
 
 
 class Counts:
@@ -98,9 +109,7 @@ class Client:
         if answer.accepted:
             stats.sent(kind, answer.accepted)
         for reason in answer.rejected.values():
-            # Mixpanel's message may quote the offending value: log the field only.
-            field = reason.split(":", 1)[0] if ":" in reason else "record"
-            stats.dropped("rejected_by_mixpanel", detail=field)
+            stats.dropped("rejected_by_mixpanel", detail=loggable(reason))
         if answer.retryable or answer.refused_credentials:
             # Refused credentials are fixable (a token, a region), not bad data: the
             # records wait, and the log says why at every backoff step.
