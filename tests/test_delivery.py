@@ -239,18 +239,6 @@ class TestAnswers:
         assert "token" in line.split("(", 1)[1]
 
 
-@pytest.mark.parametrize(
-    ("reason", "logged"),
-    [
-        ("properties.time: 'x' is not a valid timestamp", "properties.time"),
-        ("invalid token", "invalid token"),
-        ("'$set' must be an object, got 'alice@example.com'", "… must be an object, got …"),
-        ("", "no reason given"),
-    ],
-)
-def test_a_reason_is_logged_without_what_it_quotes(reason: str, logged: str) -> None:
-    assert loggable(reason) == logged
-
     @pytest.mark.parametrize(
         ("response", "accepted", "retryable", "credentials"),
         [
@@ -316,3 +304,16 @@ def test_stats_log_once_per_reason() -> None:
         stats.dropped("non_finite_number", detail="x")
     assert stats.snapshot()["dropped"] == {"non_finite_number": 1000}
     assert len(logged) == 1
+
+
+@pytest.mark.parametrize(
+    ("reason", "logged"),
+    [
+        ("properties.time: 'x' is not a valid timestamp", "properties.time"),
+        ("invalid token", "invalid token"),
+        ("'$set' must be an object, got 'alice@example.com'", "… must be an object, got …"),
+        ("", "no reason given"),
+    ],
+)
+def test_a_reason_is_logged_without_what_it_quotes(reason: str, logged: str) -> None:
+    assert loggable(reason) == logged
