@@ -232,6 +232,15 @@ def _logging_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], 
 
     def attach() -> Callable[[], None]:
         root = logging.getLogger()
+        if root.getEffectiveLevel() > logging.INFO:
+            # A record below the logger's level is never made: no handler sees it.
+            _logger.warning(
+                "otel_mixpanel.configure(logging=True): the root logger's level is %s, so "
+                "log.info(..., extra={'mixpanel.event': ...}) never reaches Mixpanel; "
+                "call logging.getLogger().setLevel(logging.INFO) (or tag at %s and above)",
+                logging.getLevelName(root.getEffectiveLevel()),
+                logging.getLevelName(root.getEffectiveLevel()),
+            )
         handler = LoggingHandler(logger_provider=logger_provider)
         root.addHandler(handler)
         return lambda: root.removeHandler(handler)

@@ -82,6 +82,32 @@ def test_hooks_logging_and_structlog_and_undoes_them(mixpanel: LocalMixpanel) ->
     assert len(structlog.get_config()["processors"]) == 1
 
 
+@pytest.mark.parametrize(("level", "warned"), [(logging.WARNING, True), (logging.INFO, False)])
+def test_logging_says_at_once_when_the_root_level_hides_info(
+    mixpanel: LocalMixpanel, caplog: pytest.LogCaptureFixture, level: int, warned: bool
+) -> None:
+    """logging=True with the root logger at WARNING: an INFO line tagged for
+    Mixpanel is never made, and configure() says so at once with the fix."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        with caplog.at_level(logging.WARNING, logger="otel_mixpanel"):
+            pipeline = configure(tracer_provider=TracerProvider(),
+                                 logger_provider=LoggerProvider(), logging=True,
+                                 token=mixpanel.token, api_host=mixpanel.url)
+        lines = [m for m in caplog.messages if "root logger's level" in m]
+        logging.getLogger("app").info("paid", extra={"mixpanel.event": "Paid"})
+        pipeline.force_flush()
+        pipeline.shutdown()
+    finally:
+        root.setLevel(before)
+    assert bool(lines) is warned
+    if warned:
+        assert "setLevel(logging.INFO)" in lines[0]
+    assert bool(mixpanel.events_named("Paid")) is not warned
+
+
 def test_flush_and_shutdown_are_bounded(mixpanel: LocalMixpanel) -> None:
     """With Mixpanel hanging, force_flush and shutdown return False in time."""
     mixpanel.fail_next(100, status=None, delay=30)
