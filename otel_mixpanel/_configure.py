@@ -250,7 +250,8 @@ def _logging_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], 
 
 def _structlog_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], None]]:
     """Checks structlog is installed now; the returned function inserts our
-    processor before the renderer and returns its undo."""
+    processor before the renderer, keeps it there when the application calls
+    ``structlog.configure(processors=...)`` afterwards, and returns its undo."""
     try:
         import structlog  # noqa: PLC0415
 
@@ -261,17 +262,35 @@ def _structlog_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[]
         ) from error
 
     def insert() -> Callable[[], None]:
-        processors = list(structlog.get_config()["processors"])
-        if any(isinstance(p, MixpanelProcessor) for p in processors):
-            return lambda: None
+        if any(isinstance(p, MixpanelProcessor) for p in structlog.get_config()["processors"]):
+            return lambda: None  # the application put one in its chain itself
         processor = MixpanelProcessor(logger_provider)
-        # Before the renderer, which is last by structlog's convention.
-        processors.insert(max(len(processors) - 1, 0), processor)
-        structlog.configure(processors=processors)
+        original = structlog.configure
+
+        def place() -> None:
+            processors = list(structlog.get_config()["processors"])
+            if not any(p is processor for p in processors):
+                # Before the renderer, which is last by structlog's convention.
+                processors.insert(max(len(processors) - 1, 0), processor)
+                original(processors=processors)
+
+        def configure_keeping_ours(*args: Any, **kwargs: Any) -> None:
+            # An application that configures structlog after us would otherwise
+            # throw our processor away with its old chain, and nothing would say so.
+            original(*args, **kwargs)
+            if args or "processors" in kwargs:
+                place()
+
+        place()
+        for module in (structlog, structlog._config):
+            setattr(module, "configure", configure_keeping_ours)  # noqa: B010 - a module
 
         def undo() -> None:
+            for module in (structlog, structlog._config):
+                if getattr(module, "configure", None) is configure_keeping_ours:
+                    setattr(module, "configure", original)  # noqa: B010 - a module
             current = list(structlog.get_config()["processors"])
-            structlog.configure(processors=[p for p in current if p is not processor])
+            original(processors=[p for p in current if p is not processor])
 
         return undo
 

@@ -108,6 +108,24 @@ def test_logging_says_at_once_when_the_root_level_hides_info(
     assert bool(mixpanel.events_named("Paid")) is not warned
 
 
+def test_structlog_configured_after_us_keeps_our_processor(mixpanel: LocalMixpanel) -> None:
+    """configure(structlog=True) first, structlog.configure(...) after, as many
+    apps do at import: the events still arrive; shutdown gives structlog back."""
+    original = structlog.configure
+    pipeline = configure(tracer_provider=TracerProvider(), logger_provider=LoggerProvider(),
+                         structlog=True, token=mixpanel.token, api_host=mixpanel.url)
+    structlog.configure(processors=[structlog.processors.JSONRenderer()],
+                        logger_factory=structlog.ReturnLoggerFactory())
+    chain = structlog.get_config()["processors"]
+    assert isinstance(chain[0], MixpanelProcessor) and len(chain) == 2
+    structlog.get_logger().info("signup", mixpanel_event="Late Config")
+    pipeline.force_flush()
+    pipeline.shutdown()
+    assert [e["event"] for e in mixpanel.events] == ["Late Config"]
+    assert structlog.configure is original
+    assert not any(isinstance(p, MixpanelProcessor) for p in structlog.get_config()["processors"])
+
+
 def test_flush_and_shutdown_are_bounded(mixpanel: LocalMixpanel) -> None:
     """With Mixpanel hanging, force_flush and shutdown return False in time."""
     mixpanel.fail_next(100, status=None, delay=30)
