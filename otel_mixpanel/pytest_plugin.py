@@ -14,19 +14,107 @@ Every accessor flushes the pipeline first, so nothing is still queued when it
 answers. stdlib ``logging`` records are hooked too when
 ``opentelemetry-instrumentation-logging`` is installed; structlog events arrive
 when your chain contains :class:`otel_mixpanel.structlog.MixpanelProcessor`.
+
+During a test session no exporter reaches a real Mixpanel project: every
+destination that is not on this machine is replaced by the session's local
+Mixpanel, even for an application that called ``configure()`` with a real
+token at import, and an application that needs a token at import gets a
+placeholder when none is set. Set the ini option
+``mixpanel_real_destinations = true`` to turn this off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import logging
+import os
+import threading
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 import pytest
 
+from otel_mixpanel import environment_variables as env
+from otel_mixpanel._config import Settings, is_loopback
 from otel_mixpanel._configure import MixpanelPipeline, configure
+from otel_mixpanel._queue import _registry
 from otel_mixpanel.testing import LocalMixpanel
 
 __all__ = ["MixpanelCapture", "mixpanel_capture"]
+
+_logger = logging.getLogger("otel_mixpanel")
+PLACEHOLDER_TOKEN = "otel-mixpanel-pytest"
+_REAL = "mixpanel_real_destinations"
+
+
+class _Session:
+    """The session's one local Mixpanel, started when first needed."""
+
+    lock = threading.Lock()
+    server: Optional[LocalMixpanel] = None
+    placed_token = False
+    redirected: ClassVar[List[str]] = []
+
+    @classmethod
+    def local(cls) -> LocalMixpanel:
+        with cls.lock:
+            if cls.server is None:
+                cls.server = LocalMixpanel(token=PLACEHOLDER_TOKEN).start()
+            return cls.server
+
+
+def _to_local(settings: Settings) -> Settings:
+    """A destination off this machine becomes the session's local Mixpanel."""
+    host = urlsplit(settings.base_url).hostname or ""
+    if is_loopback(host):
+        return settings
+    server = _Session.local()
+    if settings.base_url not in _Session.redirected:
+        _Session.redirected.append(settings.base_url)
+        _logger.info(
+            "otel_mixpanel pytest plugin: an exporter aimed at %s sends to the local "
+            "Mixpanel at %s during the tests (mixpanel_capture shows what arrives)",
+            settings.base_url, server.url,
+        )
+    username, secret = server.service_account
+    with_account = settings.uses_service_account
+    return dataclasses.replace(
+        settings, base_url=server.url, token=server.token,
+        project_id=server.project_id if with_account else settings.project_id,
+        service_account_username=username if with_account else None,
+        service_account_secret=secret if with_account else None,
+    )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(_REAL, "let otel_mixpanel exporters reach real Mixpanel hosts during tests",
+                  type="bool", default=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getini(_REAL):
+        return
+    has_credentials = os.environ.get(env.OTEL_EXPORTER_MIXPANEL_TOKEN, "").strip() or (
+        os.environ.get(env.OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_USERNAME, "").strip()
+    )
+    if not has_credentials:
+        # An application that builds its exporters at import needs credentials then.
+        os.environ[env.OTEL_EXPORTER_MIXPANEL_TOKEN] = PLACEHOLDER_TOKEN
+        _Session.placed_token = True
+    _registry.redirect(_to_local)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _registry.redirect(None)
+    if _Session.placed_token and os.environ.get(env.OTEL_EXPORTER_MIXPANEL_TOKEN) == (
+        PLACEHOLDER_TOKEN
+    ):
+        del os.environ[env.OTEL_EXPORTER_MIXPANEL_TOKEN]
+    with _Session.lock:
+        server, _Session.server = _Session.server, None
+    if server is not None:
+        server.stop()
 
 
 class MixpanelCapture:
@@ -48,9 +136,12 @@ class MixpanelCapture:
         return self.server.events_named(name)
 
     def event(self, name: str) -> Dict[str, Any]:
-        """The one event called *name*; fails the test unless there is exactly one."""
+        """The one event called *name*; fails the test unless there is exactly one,
+        saying what did arrive."""
         found = self.events(name)
-        assert len(found) == 1, f"expected one {name!r} event, got {len(found)}"
+        assert len(found) == 1, (
+            f"expected one {name!r} event, got {len(found)}; received: {self._summary()}"
+        )
         return found[0]
 
     def profile(self, distinct_id: str) -> Dict[str, Any]:
@@ -68,10 +159,20 @@ class MixpanelCapture:
         self.flush()
         return self.server.rejected
 
+    def _summary(self) -> str:
+        received = [
+            f"{e.get('event')!r} (distinct_id {e.get('properties', {}).get('distinct_id')!r})"
+            for e in self.server.unique_events()
+        ]
+        profiles = sorted(self.server.profiles)
+        return (", ".join(received) or "no events") + (
+            f"; profiles of {', '.join(map(repr, profiles))}" if profiles else ""
+        ) + (f"; {len(self.server.rejected)} refused" if self.server.rejected else "")
+
 
 @pytest.fixture(scope="session")
 def _otel_mixpanel_session() -> Iterator[Tuple[LocalMixpanel, MixpanelPipeline]]:
-    server = LocalMixpanel().start()
+    server = _Session.local()
     logging_handler = importlib.util.find_spec("opentelemetry.instrumentation.logging")
     pipeline = configure(
         token=server.token, api_host=server.url, logging=logging_handler is not None,
@@ -81,7 +182,6 @@ def _otel_mixpanel_session() -> Iterator[Tuple[LocalMixpanel, MixpanelPipeline]]
         yield server, pipeline
     finally:
         pipeline.shutdown()
-        server.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from otel_mixpanel import environment_variables as env
 from otel_mixpanel._config import Settings
@@ -24,6 +24,16 @@ from otel_mixpanel._queue._transport import Transport
 _logger = logging.getLogger("otel_mixpanel")
 _lock = threading.Lock()
 _queues: Dict[Any, Tuple[SendingQueue, int]] = {}
+# Set by the pytest plugin: rewrites the destination of every queue made from
+# now on (so that no test can reach a real Mixpanel project).
+_redirect: Optional[Callable[[Settings], Settings]] = None
+
+
+def redirect(rewrite: Optional[Callable[[Settings], Settings]]) -> None:
+    """Rewrite the settings of every queue made from now on (None: stop)."""
+    global _redirect  # noqa: PLW0603 - one process-wide hook, set by the pytest plugin
+    with _lock:
+        _redirect = rewrite
 
 
 def _key(settings: Settings, transport: Optional[Transport], policy: RetryPolicy) -> Any:
@@ -40,6 +50,8 @@ def acquire(
 ) -> Tuple[SendingQueue, bool]:
     """The queue for *settings*, and whether it was made now; counts one user."""
     policy = retry_policy or RetryPolicy()
+    if _redirect is not None:
+        settings = _redirect(settings)
     key = _key(settings, transport, policy)
     with _lock:
         queue, users = _queues.get(key, (None, 0))

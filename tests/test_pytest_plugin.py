@@ -1,0 +1,66 @@
+"""The pytest plugin owns every Mixpanel destination during a test session:
+run as a user would, with pytest on a small project of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+APP = '''
+import otel_mixpanel
+from opentelemetry import trace
+
+# As many applications do: telemetry set up at import, with the real project.
+pipeline = otel_mixpanel.configure({arguments})
+
+
+def sign_up(user_id):
+    with trace.get_tracer("shop").start_as_current_span("signup") as span:
+        span.set_attribute("mixpanel.event", "Signed Up")
+        span.set_attribute("mixpanel.user_id", user_id)
+'''
+
+TESTS = '''
+import app
+
+
+def test_signup_reaches_the_local_mixpanel(mixpanel_capture):
+    app.sign_up("user-1")
+    assert mixpanel_capture.event("Signed Up")["properties"]["distinct_id"] == "user-1"
+    queue = app.pipeline.span_exporter._queue
+    assert queue.settings.base_url == mixpanel_capture.server.url
+
+
+def test_a_failed_expectation_says_what_arrived(mixpanel_capture):
+    app.sign_up("user-2")
+    mixpanel_capture.event("Purchased")
+'''
+
+
+def run_pytest(tmp_path: Path, arguments: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP.format(arguments=arguments)))
+    (tmp_path / "test_app.py").write_text(textwrap.dedent(TESTS))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def test_a_real_token_configured_at_import_sends_nothing_out(tmp_path: Path) -> None:
+    """configure(token=<real>) at import aims at api.mixpanel.com; under the
+    plugin it reaches the local Mixpanel instead, and a failure lists arrivals."""
+    result = run_pytest(tmp_path, 'token="a-real-project-token"')
+    assert "1 failed, 1 passed" in result.stdout, result.stdout + result.stderr
+    assert "expected one 'Purchased' event, got 0; received: 'Signed Up' (distinct_id " \
+        "'user-2')" in result.stdout
+
+
+def test_an_app_that_needs_a_token_at_import_works_under_the_plugin(tmp_path: Path) -> None:
+    """No token set anywhere: configure() at import would raise ConfigurationError
+    at collection; the plugin gives it a placeholder."""
+    result = run_pytest(tmp_path, "")
+    assert "1 failed, 1 passed" in result.stdout, result.stdout + result.stderr
