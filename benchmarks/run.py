@@ -742,7 +742,7 @@ def table(args: argparse.Namespace) -> str:
         add(f"| {count:,} | {rss / 2**20:.0f} | {peak / 2**20:.0f} |")
     stats = memory["stats"]
     add("")
-    add(f"stats() after the outage: spooled {stats.get('spooled', {})}, dropped "
+    add(f"stats() after the outage: waiting {stats.get('waiting', {})}, dropped "
         f"{stats.get('dropped', {})}; spool on disk {memory['spool_bytes'] / 2**20:.1f} MiB.")
     return "\n".join(lines)
 
