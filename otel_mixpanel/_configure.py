@@ -7,6 +7,7 @@ or a processor, and is safe to call twice.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import weakref
@@ -241,11 +242,28 @@ def _logging_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], 
                 logging.getLevelName(root.getEffectiveLevel()),
                 logging.getLevelName(root.getEffectiveLevel()),
             )
-        handler = LoggingHandler(logger_provider=logger_provider)
+        handler = _iso_dates(LoggingHandler)(logger_provider=logger_provider)
         root.addHandler(handler)
         return lambda: root.removeHandler(handler)
 
     return attach
+
+
+def _iso_dates(handler_class: Type[Any]) -> Type[Any]:
+    """*handler_class* with dates in ``extra=`` given as ISO-8601 strings, as
+    docs/attributes.md promises (the SDK would turn them into ``str()``, with a
+    space for the ``T``)."""
+
+    class MixpanelLoggingHandler(handler_class):  # type: ignore[misc]
+        def _get_attributes(self, record: logging.LogRecord) -> Any:
+            result = super()._get_attributes(record)
+            attributes = result[0] if isinstance(result, tuple) else result
+            for name, value in attributes.items():
+                if isinstance(value, (datetime.date, datetime.time)):
+                    attributes[name] = value.isoformat()
+            return result
+
+    return MixpanelLoggingHandler
 
 
 def _structlog_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], None]]:

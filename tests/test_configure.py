@@ -4,6 +4,7 @@ never double-delivers, hooks logging and structlog, bounded flush/shutdown."""
 from __future__ import annotations
 
 import builtins
+import datetime
 import logging
 import os
 import subprocess
@@ -124,6 +125,26 @@ def test_structlog_configured_after_us_keeps_our_processor(mixpanel: LocalMixpan
     assert [e["event"] for e in mixpanel.events] == ["Late Config"]
     assert structlog.configure is original
     assert not any(isinstance(p, MixpanelProcessor) for p in structlog.get_config()["processors"])
+
+
+def test_dates_in_extra_arrive_as_iso_8601(mixpanel: LocalMixpanel) -> None:
+    """A datetime in stdlib extra= arrives as ISO-8601, as docs/attributes.md says."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)
+    try:
+        pipeline = configure(tracer_provider=TracerProvider(), logger_provider=LoggerProvider(),
+                             logging=True, token=mixpanel.token, api_host=mixpanel.url)
+        logging.getLogger("app").info("renewed", extra={
+            "mixpanel.event": "Renewed",
+            "mixpanel.properties.renews_at": datetime.datetime(2024, 5, 1, 12, 0, 0),
+        })
+        pipeline.force_flush()
+        pipeline.shutdown()
+    finally:
+        root.setLevel(before)
+    (event,) = mixpanel.events_named("Renewed")
+    assert event["properties"]["renews_at"] == "2024-05-01T12:00:00"
 
 
 def test_flush_and_shutdown_are_bounded(mixpanel: LocalMixpanel) -> None:
