@@ -4,6 +4,7 @@
 
     otel-mixpanel local [--port N]      a local Mixpanel with a live view, in the foreground
     otel-mixpanel check                 prove the credentials and region; stores nothing
+    otel-mixpanel doctor [--app MODULE] find the set-up mistakes that lose events
     otel-mixpanel spool status DIR      what waits in a spool directory
     otel-mixpanel spool replay DIR      send it, with a progress bar
 
@@ -17,12 +18,13 @@ import re
 import sys
 from typing import List, Optional
 
-from otel_mixpanel._config import resolve_settings
+from otel_mixpanel._config import Settings, resolve_settings
 from otel_mixpanel._exceptions import ConfigurationError
 from otel_mixpanel._version import __version__
 
 from ._check import explain, send_probe
 from ._common import CliError, add_credential_flags, settings_kwargs
+from ._doctor import diagnose
 from ._local import run_local
 from ._spool import run_replay, run_status
 
@@ -73,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_credential_flags(check)
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="find the set-up mistakes that lose events",
+        description="Check the credentials, import your application's module (which sets up "
+        "its telemetry) and report what would lose events: inputs not wired to Mixpanel, a "
+        "root log level that hides INFO, a low span attribute limit, structlog without our "
+        "processor, web frameworks without their instrumentation. Exit 1 on any problem.",
+    )
+    doctor.add_argument("--app", metavar="MODULE",
+                        help="your application's module, imported as it starts (e.g. app)")
+    add_credential_flags(doctor)
+
     spool = commands.add_parser(
         "spool",
         help="inspect or replay a spool directory",
@@ -113,9 +127,26 @@ def _run(args: argparse.Namespace) -> int:
         settings = resolve_settings(**settings_kwargs(args))
         print(explain(settings, send_probe(settings)))
         return 0
+    if args.command == "doctor":
+        return _doctor(args)
     if args.spool_command == "status":
         return run_status(args.directory)
     return run_replay(args.directory, settings_kwargs(args))
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    found: Optional[Settings]
+    try:
+        found = resolve_settings(**settings_kwargs(args))
+    except ConfigurationError as error:
+        print(f"PROBLEM  {_as_flags(str(error))}")
+        found = None
+    findings = diagnose(found, args.app)
+    for finding in findings:
+        print(finding)
+    problems = sum(not f.ok for f in findings) + (found is None)
+    print(f"{problems} problem(s) that lose events" if problems else "no problem found")
+    return 1 if problems else 0
 
 
 def _as_flags(message: str) -> str:
