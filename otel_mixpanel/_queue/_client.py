@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from otel_mixpanel._config import Settings
-from otel_mixpanel._model import Endpoint
+from otel_mixpanel._model import Endpoint, Event, IdentityEvent, Message
 from otel_mixpanel._queue._batch import Batch
 from otel_mixpanel._queue._responses import read_response
 from otel_mixpanel._queue._transport import HTTPResponse, RequestsTransport, Transport
@@ -47,6 +47,28 @@ def loggable(reason: str) -> str:
     if ":" in reason:
         return reason.split(":", 1)[0]
     return _QUOTED.sub("…", reason)[:120] or "no reason given"
+
+
+def sendable(messages: List[Message], settings: Settings, stats: Stats) -> List[Message]:
+    """*messages* less those Mixpanel refuses with these credentials, counted."""
+    if not settings.uses_service_account:
+        merges = [m for m in messages if isinstance(m, IdentityEvent) and m.name == "$merge"]
+        if merges:
+            stats.dropped(
+                "merge_needs_service_account", len(merges),
+                detail="Mixpanel accepts $merge only with service-account authentication",
+            )
+            messages = [m for m in messages if m not in merges]
+    if settings.token is not None:
+        return messages
+    kept: List[Message] = [m for m in messages if isinstance(m, Event)]
+    if len(kept) < len(messages):
+        stats.dropped(
+            "no_project_token", len(messages) - len(kept),
+            detail="profile and group updates need the project token "
+            "(OTEL_EXPORTER_MIXPANEL_TOKEN) beside the service account",
+        )
+    return kept
 
 
 class Counts:

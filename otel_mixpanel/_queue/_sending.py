@@ -23,15 +23,15 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from opentelemetry import context as otel_context
 
 from otel_mixpanel._config import Settings
-from otel_mixpanel._model import Event, IdentityEvent, Message
+from otel_mixpanel._model import Message
 from otel_mixpanel._queue._backend import Backend, MemoryBackend, Take
 from otel_mixpanel._queue._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_batches
-from otel_mixpanel._queue._client import KIND, Client, Counts
+from otel_mixpanel._queue._client import KIND, Client, Counts, sendable
 from otel_mixpanel._queue._disk import DiskBackend
 from otel_mixpanel._queue._limits import Limits
 from otel_mixpanel._queue._retry import RetryPolicy
@@ -123,7 +123,7 @@ class SendingQueue:
                     "exporter_shut_down", len(messages), detail="export() called after shutdown()"
                 )
             return None
-        kept = self._sendable(self._limits.apply(messages))
+        kept = sendable(self._limits.apply(messages), self.settings, self.stats)
         batches = make_batches(kept, self.settings.token, self.stats)
         ticket = None
         with self._cond:
@@ -179,26 +179,6 @@ class SendingQueue:
                 # Bounded: the disk backend can be answered by another process.
                 self._cond.wait(min(remaining, 1.0))
         return True
-
-    def _sendable(self, messages: List[Message]) -> List[Message]:
-        if not self.settings.uses_service_account:
-            merges = [m for m in messages if isinstance(m, IdentityEvent) and m.name == "$merge"]
-            if merges:
-                self.stats.dropped(
-                    "merge_needs_service_account", len(merges),
-                    detail="Mixpanel accepts $merge only with service-account authentication",
-                )
-                messages = [m for m in messages if m not in merges]
-        if self.settings.token is not None:
-            return messages
-        kept: List[Message] = [m for m in messages if isinstance(m, Event)]
-        if len(kept) < len(messages):
-            self.stats.dropped(
-                "no_project_token", len(messages) - len(kept),
-                detail="profile and group updates need the project token "
-                "(OTEL_EXPORTER_MIXPANEL_TOKEN) beside the service account",
-            )
-        return kept
 
     def _evicted(self, count: int) -> None:
         self.stats.dropped(
