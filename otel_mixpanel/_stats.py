@@ -7,11 +7,12 @@ per record. Log details name keys, never values: values may be personal data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 _logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Stats:
         self._dropped: Counter[str] = Counter()
         self._adjusted: Counter[str] = Counter()
         self._unlogged: Counter[str] = Counter()
+        self._local = threading.local()
         self._last_logged: Dict[str, float] = {}
 
     def sent(self, kind: str, count: int = 1) -> None:
@@ -78,10 +80,35 @@ class Stats:
             pending = self._unlogged.pop(tag)
         suffix = f" ({detail})" if detail else ""
         # "since the last line" and the running total: the numbers add up to stats().
-        self._logger.warning(
+        self.warn(
             "Mixpanel: %s %d for reason %s since the last such line, %d in all%s",
             verb, pending, reason, total, suffix,
         )
+
+    def warn(self, message: str, *args: Any) -> None:
+        """A warning line, held back inside :meth:`deferred`."""
+        held: Optional[List[Tuple[str, Tuple[Any, ...]]]] = getattr(self._local, "held", None)
+        if held is not None:
+            held.append((message, args))
+        else:
+            self._logger.warning(message, *args)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold this thread's log lines until the block ends. The sending queue
+        counts while it holds its lock, and a line written there could reach a
+        logging handler that waits on that lock (an OpenTelemetry handler whose
+        exporter is waiting for the queue): a deadlock."""
+        if getattr(self._local, "held", None) is not None:
+            yield  # nested: the outer block writes them
+            return
+        self._local.held = []
+        try:
+            yield
+        finally:
+            held, self._local.held = self._local.held, None
+            for message, args in held:
+                self._logger.warning(message, *args)
 
     def log_due(self) -> None:
         """Write the held-back counts whose minute is over, so that a burst of
@@ -100,7 +127,7 @@ class Stats:
                 self._last_logged[tag] = now
                 lines.append((verb, self._unlogged.pop(tag), reason, counter[reason]))
         for verb, pending, reason, total in lines:
-            self._logger.warning(
+            self.warn(
                 "Mixpanel: %s %d for reason %s since the last such line, %d in all",
                 verb, pending, reason, total,
             )
@@ -109,6 +136,7 @@ class Stats:
         """A forked child starts with a free lock (the parent's may have been
         held by another thread at the fork); its counters stay the parent's."""
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def snapshot(self) -> Dict[str, Dict[str, int]]:
         """A copy of every counter: ``sent`` and ``retried`` by kind of record,

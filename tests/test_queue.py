@@ -3,12 +3,13 @@ shutdown, and logs whose numbers match stats()."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import threading
 import time
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
@@ -284,3 +285,65 @@ def test_a_second_queue_for_the_same_project_is_named(
     finally:
         spans.shutdown()
         logs.shutdown()
+
+
+def test_a_refusal_logged_through_an_otel_handler_does_not_deadlock(
+    mixpanel: LocalMixpanel,
+) -> None:
+    """The sender counts a refusal while holding the queue's lock; its log line
+    reaches a handler whose exporter waits on that lock. Lines are held until
+    the lock is released."""
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler  # noqa: PLC0415
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor  # noqa: PLC0415
+
+    mixpanel.refuse_records(lambda record: "refused for the test")
+    provider = LoggerProvider()
+    exporter = MixpanelLogExporter(token=mixpanel.token, api_host=mixpanel.url)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    root = logging.getLogger()
+    handler, level = LoggingHandler(logger_provider=provider), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        app = threading.Thread(target=lambda: logging.getLogger("app").info(
+            "signup", extra={"mixpanel.event": "Signed Up", "mixpanel.distinct_id": "u"}),
+            daemon=True)
+        app.start()
+        app.join(10)
+        assert not app.is_alive()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        exporter.shutdown()
+    assert exporter.stats()["dropped"].get("rejected_by_mixpanel") == 1
+
+
+def test_a_failed_segment_rewrite_never_resends_what_mixpanel_applied(
+    mixpanel: LocalMixpanel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk is full when the spool should drop the $add Mixpanel just
+    applied: the sender lives on, and the update is not sent again."""
+    from otel_mixpanel._queue._spool import Spool  # noqa: PLC0415
+
+    rewrite, calls = Spool.rewrite, []
+
+    def full_disk_once(self: Spool, segment: Any, records: Any) -> None:
+        calls.append(len(records))
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        rewrite(self, segment, records)
+
+    monkeypatch.setattr(Spool, "rewrite", full_disk_once)
+    mixpanel.fail_next(1, status=503, endpoint="/engage")  # then a one-record probe, a rewrite
+    exporter = MixpanelSpanExporter(
+        token=mixpanel.token, api_host=mixpanel.url, retry_policy=FAST, spool_dir=str(tmp_path),
+    )
+    updates = [{"mixpanel.distinct_id": "u", f"mixpanel.people.add.n{i}": 1} for i in range(3)]
+    try:
+        exporter.export(finished_spans(*updates))
+        assert exporter.force_flush(5_000)
+        exporter.export(finished_spans({"mixpanel.distinct_id": "u", "mixpanel.people.add.x": 1}))
+        assert exporter.force_flush(5_000)
+    finally:
+        exporter.shutdown()
+    assert calls and mixpanel.profiles["u"] == {"n0": 1, "n1": 1, "n2": 1, "x": 1}

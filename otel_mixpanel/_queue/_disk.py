@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._queue._backend import Backend, Take
@@ -30,11 +31,15 @@ class DiskBackend(Backend):
         max_bytes: int,
         on_drop: Callable[[str, int], None],
         on_unknown_endpoint: Callable[[str, int], None],
+        on_write_error: Callable[[str, OSError], None] = lambda name, error: None,
     ) -> None:
         self.spool = Spool(directory, max_bytes=max_bytes, on_drop=on_drop)
         self._on_unknown_endpoint = on_unknown_endpoint
+        self._on_write_error = on_write_error
         self._lock: Optional[_DirLock] = None
         self._last: Optional[str] = None
+        # Segments whose rewrite failed: their records still to send, by path.
+        self._unwritten: Dict[Path, List[bytes]] = {}
 
     def append(
         self, endpoint: Endpoint, records: Sequence[bytes], *, compact: bool = True
@@ -64,7 +69,8 @@ class DiskBackend(Backend):
 
     def _read(self, max_records: int, max_bytes: int) -> Optional[Take]:
         take: Optional[Take] = None
-        for segment in self.spool.segments():
+        for found in self.spool.segments():
+            segment = found
             try:
                 endpoint = Endpoint(segment.endpoint)
             except ValueError:
@@ -72,6 +78,9 @@ class DiskBackend(Backend):
                 self._on_unknown_endpoint(segment.endpoint, len(segment.records))
                 self._remove(segment)
                 continue
+            if found.path in self._unwritten:
+                segment = Segment(found.path, found.endpoint, self._unwritten[found.path],
+                                  found.created)
             if not segment.records:
                 self._remove(segment)
                 continue
@@ -91,10 +100,20 @@ class DiskBackend(Backend):
                 left = [r for i, r in enumerate(segment.records[:used]) if offset + i in keep]
                 left += segment.records[used:]
                 offset += used
-                if left:
-                    self.spool.rewrite(segment, left)
-                else:
-                    self._remove(segment)
+                if len(left) == len(segment.records):
+                    continue  # nothing answered: the file is right as it is
+                try:
+                    if left:
+                        self.spool.rewrite(segment, left)
+                    else:
+                        self._remove(segment)
+                    self._unwritten.pop(segment.path, None)
+                except OSError as error:
+                    # A full disk, say. What Mixpanel answered must not be sent
+                    # again (a $add would apply twice): until a rewrite succeeds,
+                    # this process reads the segment as it should be.
+                    self._unwritten[segment.path] = left
+                    self._on_write_error(segment.path.name, error)
         finally:
             self.release(take)
 

@@ -18,6 +18,7 @@ backend counts it lost, in one log line written before ``close`` returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -90,6 +91,11 @@ class SendingQueue:
                 on_unknown_endpoint=lambda endpoint, count: self.stats.dropped(
                     "spool_unknown_endpoint", count, detail=endpoint[:40]
                 ),
+                on_write_error=lambda name, error: self.stats.warn(
+                    "Mixpanel spool: segment %s could not be rewritten (%s); what Mixpanel "
+                    "answered is kept out of it in memory, but a restart before the disk "
+                    "recovers would send it again", name, error,
+                ),
             )
         else:
             self._backend = MemoryBackend(settings.queue_max_bytes, self._evicted)
@@ -112,6 +118,13 @@ class SendingQueue:
             if self._backend.last_ticket() is not None:
                 self._start_sender()  # a spool from an earlier run goes out first
 
+    def _locked(self) -> contextlib.ExitStack:
+        """The queue's lock, with the stats' log lines held until it is released."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.stats.deferred())
+        stack.enter_context(self._cond)
+        return stack
+
     # Submitting (the exporters' threads)
 
     def submit(self, messages: Sequence[Message]) -> Optional[Any]:
@@ -126,7 +139,7 @@ class SendingQueue:
         kept = sendable(self._limits.apply(messages), self.settings, self.stats)
         batches = make_batches(kept, self.settings.token, self.stats)
         ticket = None
-        with self._cond:
+        with self._locked():
             compact = isinstance(self._backend, MemoryBackend) and (
                 bool(self._failures) or self._backend.count()[1] > PACK_AFTER_BYTES
             )
@@ -200,10 +213,18 @@ class SendingQueue:
         # Like the batch processors around export(): our HTTP calls make no spans.
         token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            while self._send_one():
-                pass
-        except Exception:  # pragma: no cover - a bug: say so, keep the records
-            self._logger.exception("Mixpanel sender failed")
+            while True:
+                try:
+                    if not self._send_one():
+                        break
+                except Exception:  # a bug or the disk: say so, keep the records, go on
+                    self._logger.exception("Mixpanel sender failed; trying again in 1 s")
+                    with self._cond:
+                        if self._in_flight is not None:  # its lock, if any, goes too
+                            self._backend.release(self._in_flight)
+                            self._in_flight = None
+                    if self._pause(1.0):
+                        break
         finally:
             otel_context.detach(token)
             with self._cond:
@@ -213,7 +234,7 @@ class SendingQueue:
 
     def _send_one(self) -> bool:
         """One request and what follows it; False when the thread should end."""
-        with self._cond:
+        with self._locked():
             idle_since = time.monotonic()
             while self._backend.last_ticket() is None:
                 if self._closing:
@@ -246,7 +267,7 @@ class SendingQueue:
             return not self._pause(timeout)
         counts = Counts()
         outcome = self._client.attempt(take.endpoint, take.records, timeout, counts)
-        with self._cond:
+        with self._locked():
             self._in_flight_until = 0.0
             self._in_flight = None
             if self._abandoned:  # shutdown stopped waiting: counted there
@@ -332,7 +353,7 @@ class SendingQueue:
                 _records(waiting), max(0.0, budget),
             )
         self._wake.set()
-        with self._cond:
+        with self._locked():
             while self._backend.last_ticket() is not None and self._sender is not None:
                 remaining = self._deadline - time.monotonic()
                 if remaining <= 0:
@@ -348,7 +369,7 @@ class SendingQueue:
             # answer is awaited, but never past the budget.
             until = min(in_flight_until, self._deadline)
             sender.join(max(0.0, until - time.monotonic()) + 0.2)
-        with self._cond:
+        with self._locked():
             self._abandoned = sender is not None and sender.is_alive()
             if self._abandoned:
                 self._forget_unsafe_in_flight()
