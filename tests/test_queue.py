@@ -347,3 +347,17 @@ def test_a_failed_segment_rewrite_never_resends_what_mixpanel_applied(
     finally:
         exporter.shutdown()
     assert calls and mixpanel.profiles["u"] == {"n0": 1, "n1": 1, "n2": 1, "x": 1}
+
+
+def test_after_shutdown_only_tagged_telemetry_counts_as_lost(mixpanel: LocalMixpanel) -> None:
+    """The SDK cannot remove our processors: after pipeline.shutdown() every span
+    still reaches them. The application's untagged spans are no loss."""
+    pipeline = configure(tracer_provider=TracerProvider(), logger_provider=LoggerProvider(),
+                         token=mixpanel.token, api_host=mixpanel.url)
+    pipeline.shutdown()
+    tracer = pipeline.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("untagged"):
+        pass
+    with tracer.start_as_current_span("tagged") as span:
+        span.set_attribute("mixpanel.event", "Late")
+    assert pipeline.stats()["dropped"] == {"exporter_shut_down": 1}

@@ -27,6 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
+from otel_mixpanel._convention._translate import is_tagged
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._model import Message
 from otel_mixpanel._queue import SendingQueue
@@ -87,7 +88,13 @@ class Intake:
         """On the application's thread: as cheap as the SDK's batch processor."""
         items = self._items
         if self._shutdown:
-            self.queue.stats.dropped("exporter_shut_down", detail="telemetry after shutdown()")
+            # The SDK cannot remove a processor: after shutdown every span still
+            # passes here. Only tagged ones are a loss worth counting.
+            attributes = getattr(item, "attributes", None)
+            if attributes is None:
+                attributes = getattr(getattr(item, "log_record", None), "attributes", None)
+            if is_tagged(attributes):
+                self.queue.stats.dropped("exporter_shut_down", detail="telemetry after shutdown()")
             return
         if len(items) >= self._max_queue_size:
             self.queue.stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
@@ -164,6 +171,8 @@ class Intake:
                 exporter.shutdown(left)
 
     def _after_fork(self) -> None:
+        global _registry_lock  # noqa: PLW0603 - a fork while another thread held it
+        _registry_lock = threading.Lock()
         self._items.clear()  # the parent's to export
         self._awake = threading.Event()
         self._export_lock = threading.Lock()

@@ -126,6 +126,10 @@ class DiskBackend(Backend):
             self._lock.release()
             self._lock = None
 
+    def after_fork(self) -> None:
+        # The parent's lock descriptor (if it was sending) is the parent's to release.
+        self._lock = None
+
     def answered(self, ticket: Any) -> bool:
         oldest = self._oldest()
         return oldest is None or oldest > ticket

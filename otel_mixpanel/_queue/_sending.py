@@ -140,6 +140,10 @@ class SendingQueue:
         batches = make_batches(kept, self.settings.token, self.stats)
         ticket = None
         with self._locked():
+            if self._closed:  # closed while these were encoded: counted, not stranded
+                self.stats.dropped("exporter_shut_down", len(kept),
+                                   detail="export() called after shutdown()")
+                return None
             compact = isinstance(self._backend, MemoryBackend) and (
                 bool(self._failures) or self._backend.count()[1] > PACK_AFTER_BYTES
             )
@@ -420,6 +424,7 @@ class SendingQueue:
         self._wake = threading.Event()
         self._sender = None
         self._failures = 0
+        self._in_flight, self._in_flight_until = None, 0.0  # the parent's request
         self._backend.after_fork()
         self.stats.after_fork()
 
