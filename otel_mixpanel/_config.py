@@ -29,6 +29,10 @@ DEFAULT_QUEUE_MAX_BYTES = 64 * 1024 * 1024
 # each plus 1-5 s of jitter): a fault with 7 s to go is outlasted by the second retry.
 DEFAULT_SHUTDOWN_TIMEOUT = 20.0
 COMPRESSIONS = ("gzip", "none")
+# A token used when none is configured: the pytest plugin sets it for the test
+# session (where every destination is a local Mixpanel), so that an application
+# that builds its exporters at import can be imported; never set otherwise.
+fallback_token: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,8 @@ def resolve_settings(
     secret = _pick(
         service_account_secret, env.OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_SECRET, environ
     )
+    if token is None and username is None:
+        token = fallback_token  # set by the pytest plugin for the test session only
     if token is None and username is None:
         raise ConfigurationError(
             "no Mixpanel credentials: set the project token (token= or "

@@ -18,24 +18,24 @@ when your chain contains :class:`otel_mixpanel.structlog.MixpanelProcessor`.
 During a test session no exporter reaches a real Mixpanel project: every
 destination that is not on this machine is replaced by the session's local
 Mixpanel, even for an application that called ``configure()`` with a real
-token at import, and an application that needs a token at import gets a
-placeholder when none is set. Set the ini option
+token at import (in a conftest.py too), and an application that needs a token
+at import gets a placeholder when none is set (in this process only). Set the ini option
 ``mixpanel_real_destinations = true`` to turn this off.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.util
 import logging
-import os
 import threading
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import pytest
 
-from otel_mixpanel import environment_variables as env
+from otel_mixpanel import _config
 from otel_mixpanel._config import Settings, is_loopback
 from otel_mixpanel._configure import MixpanelPipeline, configure
 from otel_mixpanel._queue import _registry
@@ -53,7 +53,8 @@ class _Session:
 
     lock = threading.Lock()
     server: Optional[LocalMixpanel] = None
-    placed_token = False
+    owning = False
+    stop_registered = False
     redirected: ClassVar[List[str]] = []
 
     @classmethod
@@ -92,25 +93,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   type="bool", default=False)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # Before any conftest.py is imported: an application imported there is
+    # redirected too.
+    _own_destinations(early_config)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getini(_REAL):
+    _own_destinations(config)
+
+
+def _own_destinations(config: pytest.Config) -> None:
+    if _Session.owning:
         return
-    has_credentials = os.environ.get(env.OTEL_EXPORTER_MIXPANEL_TOKEN, "").strip() or (
-        os.environ.get(env.OTEL_EXPORTER_MIXPANEL_SERVICE_ACCOUNT_USERNAME, "").strip()
-    )
-    if not has_credentials:
-        # An application that builds its exporters at import needs credentials then.
-        os.environ[env.OTEL_EXPORTER_MIXPANEL_TOKEN] = PLACEHOLDER_TOKEN
-        _Session.placed_token = True
+    try:
+        real = bool(config.getini(_REAL))
+    except ValueError:  # the option is not registered yet: our default
+        real = False
+    if real:
+        return
+    _Session.owning = True
+    if not _Session.stop_registered:
+        _Session.stop_registered = True
+        atexit.register(_stop_server)
+    # Process-local, unlike an environment variable: a subprocess a test starts
+    # is not given a token that would aim it at the real Mixpanel.
+    _config.fallback_token = PLACEHOLDER_TOKEN
     _registry.redirect(_to_local)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _Session.owning:
+        return
+    _Session.owning = False
     _registry.redirect(None)
-    if _Session.placed_token and os.environ.get(env.OTEL_EXPORTER_MIXPANEL_TOKEN) == (
-        PLACEHOLDER_TOKEN
-    ):
-        del os.environ[env.OTEL_EXPORTER_MIXPANEL_TOKEN]
+    _config.fallback_token = None
+
+
+def _stop_server() -> None:
+    """At exit, after the application's providers (their exit handlers were
+    registered later, so they run first): their last records still land."""
     with _Session.lock:
         server, _Session.server = _Session.server, None
     if server is not None:

@@ -11,14 +11,16 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 
-from otel_mixpanel import MixpanelIdentityLogProcessor, MixpanelLogExporter
+from otel_mixpanel import MixpanelIdentityLogProcessor, MixpanelLogExporter, _config
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
 
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees a developer's own Mixpanel or OTel settings."""
+    """No test sees a developer's own Mixpanel or OTel settings, nor the pytest
+    plugin's placeholder token (tests of missing credentials need none)."""
+    monkeypatch.setattr(_config, "fallback_token", None)
     for name in list(os.environ):
         if name.startswith(("OTEL_EXPORTER_MIXPANEL_", "OTEL_")):
             monkeypatch.delenv(name)

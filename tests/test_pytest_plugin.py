@@ -40,8 +40,11 @@ def test_a_failed_expectation_says_what_arrived(mixpanel_capture):
 '''
 
 
-def run_pytest(tmp_path: Path, arguments: str) -> subprocess.CompletedProcess[str]:
+def run_pytest(
+    tmp_path: Path, arguments: str, conftest: str = ""
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "app.py").write_text(textwrap.dedent(APP.format(arguments=arguments)))
+    (tmp_path / "conftest.py").write_text(conftest)
     (tmp_path / "test_app.py").write_text(textwrap.dedent(TESTS))
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     return subprocess.run(
@@ -57,6 +60,33 @@ def test_a_real_token_configured_at_import_sends_nothing_out(tmp_path: Path) -> 
     assert "1 failed, 1 passed" in result.stdout, result.stdout + result.stderr
     assert "expected one 'Purchased' event, got 0; received: 'Signed Up' (distinct_id " \
         "'user-2')" in result.stdout
+
+
+def test_an_app_imported_by_conftest_is_redirected_too(tmp_path: Path) -> None:
+    """conftest.py files are imported before pytest_configure: the plugin owns
+    the destinations before that."""
+    result = run_pytest(tmp_path, 'token="a-real-project-token"', conftest="import app\n")
+    assert "1 failed, 1 passed" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_subprocess_of_a_test_gets_no_placeholder_token(tmp_path: Path) -> None:
+    """The placeholder is for this process only: a subprocess a test starts
+    must not be handed a token that would aim it at the real Mixpanel."""
+    (tmp_path / "test_sub.py").write_text(textwrap.dedent('''
+        import os, subprocess, sys
+
+        def test_subprocess_environment():
+            out = subprocess.run([sys.executable, "-c", "import os; print(sorted(k for k in "
+                                  "os.environ if k.startswith('OTEL_EXPORTER_MIXPANEL')))"],
+                                 capture_output=True, text=True, check=True).stdout
+            assert out.strip() == "[]"
+    '''))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_sub.py"],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert "1 passed" in result.stdout, result.stdout + result.stderr
 
 
 def test_an_app_that_needs_a_token_at_import_works_under_the_plugin(tmp_path: Path) -> None:

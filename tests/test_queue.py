@@ -300,20 +300,26 @@ def test_a_refusal_logged_through_an_otel_handler_does_not_deadlock(
     provider = LoggerProvider()
     exporter = MixpanelLogExporter(token=mixpanel.token, api_host=mixpanel.url)
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    root = logging.getLogger()
-    handler, level = LoggingHandler(logger_provider=provider), root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    # The library's own lines (logger "otel_mixpanel") reach the same handler, as
+    # they would through the root logger; kept off the root for this test alone.
+    ours, app_logger = logging.getLogger("otel_mixpanel"), logging.getLogger("app.deadlock")
+    handler = LoggingHandler(logger_provider=provider)
+    for logger in (ours, app_logger):
+        logger.addHandler(handler)
+        logger.propagate = False
+    app_logger.setLevel(logging.INFO)
     try:
-        app = threading.Thread(target=lambda: logging.getLogger("app").info(
+        app = threading.Thread(target=lambda: app_logger.info(
             "signup", extra={"mixpanel.event": "Signed Up", "mixpanel.distinct_id": "u"}),
             daemon=True)
         app.start()
         app.join(10)
         assert not app.is_alive()
     finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
+        for logger in (ours, app_logger):
+            logger.removeHandler(handler)
+            logger.propagate = True
+        app_logger.setLevel(logging.NOTSET)
         exporter.shutdown()
     assert exporter.stats()["dropped"].get("rejected_by_mixpanel") == 1
 
