@@ -94,9 +94,7 @@ class MixpanelPipeline:
                 if _configured.get(provider) is self:
                     del _configured[provider]
 
-        budget = self.span_exporter._settings.shutdown_timeout
-        if timeout_millis is not None:
-            budget = min(budget, max(0.0, timeout_millis / 1000))
+        budget = self.span_exporter._shutdown_budget(timeout_millis)
 
         def stop() -> bool:
             for processor in self._processors:

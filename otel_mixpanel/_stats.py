@@ -132,6 +132,25 @@ class Stats:
                 verb, pending, reason, total,
             )
 
+    def log_totals(self, logger: logging.Logger, spooled: int, spool_dir: Optional[str]) -> None:
+        """The line a shutdown writes: what was sent, what was dropped since
+        start by reason, and how many records wait in *spool_dir*."""
+        snapshot = self.snapshot()
+        sent = sum(snapshot["sent"].values())
+        dropped = snapshot["dropped"]
+        where = f"; {records_text(spooled)} wait in {spool_dir} for the next start" \
+            if spooled else ""
+        if dropped:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(dropped.items()))
+            logger.warning(
+                "Mixpanel exporter shut down: %s sent; dropped since start: %s%s",
+                records_text(sent), reasons, where,
+            )
+        elif spooled:
+            logger.warning("Mixpanel exporter shut down: %s sent%s", records_text(sent), where)
+        else:
+            logger.info("Mixpanel exporter shut down: %s sent, none lost", records_text(sent))
+
     def after_fork(self) -> None:
         """A forked child starts with a free lock (the parent's may have been
         held by another thread at the fork); its counters stay the parent's."""
@@ -151,3 +170,8 @@ class Stats:
                 "adjusted": dict(self._adjusted),
                 "waiting": {"records": records, "bytes": size},
             }
+
+
+def records_text(count: int) -> str:
+    """``1 record``, ``2 records``."""
+    return f"{count} record" if count == 1 else f"{count} records"

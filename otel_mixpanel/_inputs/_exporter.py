@@ -12,7 +12,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from otel_mixpanel import _queue
 from otel_mixpanel._config import Settings, resolve_settings
@@ -141,6 +141,10 @@ class MixpanelExporterBase:
             cached = self._resource_properties[key] = (attributes, properties)
         return cached[1]
 
+    def _records(self, batch: Sequence[Any]) -> Iterator[Record]:
+        """The signal exporter's reading of its SDK objects (spans, log records)."""
+        raise NotImplementedError
+
     def _messages(self, records: Iterable[Record]) -> List[Message]:
         """Translate *records*; one bad record never costs the others."""
         messages: List[Message] = []
@@ -196,11 +200,16 @@ class MixpanelExporterBase:
                 self._logger.warning("Mixpanel exporter shutdown called more than once")
                 return
             self._is_shut_down = True
+        self._release.detach()
+        _queue.release(self._queue, self._shutdown_budget(timeout_millis))
+
+    def _shutdown_budget(self, timeout_millis: Optional[float]) -> float:
+        """Seconds to keep delivering at shutdown: ``shutdown_timeout``, or the
+        caller's *timeout_millis* when shorter."""
         budget = self._settings.shutdown_timeout
         if timeout_millis is not None:
             budget = min(budget, max(0.0, timeout_millis / 1000))
-        self._release.detach()
-        _queue.release(self._queue, budget)
+        return budget
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every record handed over before the call has been

@@ -16,6 +16,8 @@ item, counted as ``queue_full``; nothing is dropped silently.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import threading
 import time
@@ -23,19 +25,14 @@ import weakref
 from collections import deque
 from typing import Any, Deque, List, Optional, Tuple
 
-from opentelemetry import context as otel_context
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
+from otel_mixpanel._context import instrumentation_suppressed
 from otel_mixpanel._convention._translate import is_tagged
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._model import Message
 from otel_mixpanel._queue import SendingQueue
-
-try:
-    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-except ImportError:  # pragma: no cover - very old API
-    _SUPPRESS_INSTRUMENTATION_KEY = otel_context.create_key("suppress_instrumentation")
 
 QUEUE_FULL = "queue_full"
 _QUEUE_FULL_DETAIL = "the batch processor's queue was full; raise max_queue_size"
@@ -112,30 +109,21 @@ class Intake:
         self._export(everything=True)
 
     def _export(self, *, everything: bool) -> None:
-        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
-            with self._export_lock:
-                while self._items:
-                    batch = [self._items.popleft() for _ in range(min(len(self._items),
-                                                                      self._batch_size))]
-                    self._submit(batch)
-                    if not everything and len(self._items) < self._batch_size:
-                        break
-        finally:
-            otel_context.detach(token)
+        with instrumentation_suppressed(), self._export_lock:
+            while self._items:
+                batch = [self._items.popleft()
+                         for _ in range(min(len(self._items), self._batch_size))]
+                self._submit(batch)
+                if not everything and len(self._items) < self._batch_size:
+                    break
 
     def _submit(self, batch: List[Tuple[int, Any]]) -> None:
         """Translate runs of each signal in order, then one submission."""
         messages: List[Message] = []
-        start = 0
-        for end in range(1, len(batch) + 1):
-            if end == len(batch) or batch[end][0] != batch[start][0]:
-                kind = batch[start][0]
-                exporter = self.exporters[kind]
-                if exporter is not None:
-                    run = [item for _, item in batch[start:end]]
-                    messages.extend(exporter._messages(exporter._records(run)))  # type: ignore[attr-defined]
-                start = end
+        for kind, run in itertools.groupby(batch, key=operator.itemgetter(0)):
+            exporter = self.exporters[kind]
+            if exporter is not None:
+                messages.extend(exporter._messages(exporter._records([item for _, item in run])))
         owner = self.exporters[_SPAN] or self.exporters[_LOG]
         if owner is not None:
             try:
@@ -171,8 +159,6 @@ class Intake:
                 exporter.shutdown(left)
 
     def _after_fork(self) -> None:
-        global _registry_lock  # noqa: PLW0603 - a fork while another thread held it
-        _registry_lock = threading.Lock()
         self._items.clear()  # the parent's to export
         self._awake = threading.Event()
         self._export_lock = threading.Lock()
@@ -240,6 +226,8 @@ class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
 
 
 def _after_fork_in_child() -> None:
+    global _registry_lock  # noqa: PLW0603 - a fork while another thread held it
+    _registry_lock = threading.Lock()
     for intake in list(_ALL):
         intake._after_fork()
 

@@ -32,8 +32,8 @@ class Take:
     parts: List[Tuple[Any, int]] = field(default_factory=list)  # (entry, records taken from it)
     size: int = 2  # the request body's bytes so far: the brackets of the JSON array
 
-    def fill(self, entry: Any, records: Sequence[bytes], max_records: int, max_bytes: int) -> bool:
-        """Take the first of *records* (of *entry*) that fit; True when all did."""
+    def fill(self, entry: Any, records: Sequence[bytes], max_records: int, max_bytes: int) -> int:
+        """Take the first of *records* (of *entry*) that fit; how many did."""
         used = 0
         for record in records:
             if self.records and (
@@ -45,7 +45,7 @@ class Take:
             used += 1
         if used:
             self.parts.append((entry, used))
-        return used == len(records)
+        return used
 
 
 class Backend(abc.ABC):
@@ -171,14 +171,10 @@ class MemoryBackend(Backend):
         for entry in self._entries:
             if entry.endpoint is not endpoint:
                 break
-            held = entry.size
-            records = entry.unpacked()
-            self._bytes += entry.size - held
-            before = len(take.parts)
-            whole = take.fill(entry, records, max_records, max_bytes)
-            if len(take.parts) > before:
-                entry.taken = True
-            if not whole:
+            records = self._unpacked(entry)
+            used = take.fill(entry, records, max_records, max_bytes)
+            entry.taken = used > 0
+            if used < len(records):
                 break
         return take
 
@@ -187,7 +183,7 @@ class MemoryBackend(Backend):
         offset = 0
         for entry, used in take.parts:
             entry.taken = False
-            records = entry.unpacked()
+            records = self._unpacked(entry)
             kept = [records[i] for i in range(used) if offset + i in keep]
             offset += used
             left = kept + records[used:]
@@ -198,6 +194,13 @@ class MemoryBackend(Backend):
             self._bytes += entry.size
             if not left and entry in self._entries:
                 self._entries.remove(entry)
+
+    def _unpacked(self, entry: _Entry) -> List[bytes]:
+        """*entry*'s records, unpacked for good (it is about to be sent)."""
+        held = entry.size
+        records = entry.unpacked()
+        self._bytes += entry.size - held
+        return records
 
     def release(self, take: Take) -> None:
         for entry, _ in take.parts:
@@ -219,5 +222,4 @@ class MemoryBackend(Backend):
         return lost
 
     def after_fork(self) -> None:
-        self._entries.clear()
-        self._records = self._bytes = 0
+        self.discard()

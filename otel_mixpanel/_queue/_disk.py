@@ -37,17 +37,13 @@ class DiskBackend(Backend):
         self._on_unknown_endpoint = on_unknown_endpoint
         self._on_write_error = on_write_error
         self._lock: Optional[_DirLock] = None
-        self._last: Optional[str] = None
         # Segments whose rewrite failed: their records still to send, by path.
         self._unwritten: Dict[Path, List[bytes]] = {}
 
     def append(
         self, endpoint: Endpoint, records: Sequence[bytes], *, compact: bool = True
     ) -> Optional[str]:
-        name = self.spool.write(endpoint.value, records)
-        if name is not None:
-            self._last = name
-        return name
+        return self.spool.write(endpoint.value, records)
 
     def take(self, max_records: int, max_bytes: int) -> Optional[Take]:
         lock = _DirLock(self.spool.directory)
@@ -88,7 +84,7 @@ class DiskBackend(Backend):
                 take = Take(endpoint, [])
             elif endpoint is not take.endpoint:
                 break
-            if not take.fill(segment, segment.records, max_records, max_bytes):
+            if take.fill(segment, segment.records, max_records, max_bytes) < len(segment.records):
                 break
         return take
 
@@ -147,5 +143,5 @@ class DiskBackend(Backend):
         return status.records, status.bytes
 
     def waiting_segments(self) -> List[str]:
-        """Names of the segments waiting (for tests and the shutdown line)."""
+        """Names of the segments waiting, oldest first."""
         return [path.name for path in self.spool.segment_paths()]

@@ -64,29 +64,27 @@ def acquire(
                     f"spool_dir= (or {env.OTEL_EXPORTER_MIXPANEL_SPOOL_DIR}) "
                     f"{settings.spool_dir!r} cannot be used: {error}"
                 ) from error
-            _warn_if_split(settings, key)
+            _warn_if_split(key)
         _queues[key] = (queue, users + 1)
     return queue, created
 
 
-def _warn_if_split(settings: Settings, key: Any) -> None:
+def _warn_if_split(key: Any) -> None:
     """Under the lock: a second queue for the same project means two lines of
     records that may overtake each other; say which settings split them."""
-    for other_key, (other, _) in _queues.items():
-        mine, theirs = settings, other.settings
+    mine, transport, policy = key
+    if transport is not None:
+        return  # a transport of its own (tests, benchmarks): a queue of its own, meant
+    for (theirs, their_transport, their_policy), _ in _queues.items():
         same_project = (mine.base_url, mine.token, mine.project_id) == (
             theirs.base_url, theirs.token, theirs.project_id
         )
-        if not same_project:
+        if not same_project or their_transport is not None:
             continue
-        differ = sorted(
-            f.name for f in dataclasses.fields(Settings)
-            if f.name not in ("resource_attributes", "trace_ids")
-            and getattr(mine, f.name) != getattr(theirs, f.name)
-        )
-        if key[1] is not None or other_key[1] is not None:
-            continue  # a transport of its own (tests, benchmarks): a queue of its own, meant
-        if key[2] != other_key[2]:
+        # The keys hold the delivery settings only: what differs there splits the queue.
+        differ = sorted(f.name for f in dataclasses.fields(Settings)
+                        if getattr(mine, f.name) != getattr(theirs, f.name))
+        if policy != their_policy:
             differ.append("retry_policy")
         if differ:
             _logger.warning(

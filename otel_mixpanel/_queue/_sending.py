@@ -26,9 +26,8 @@ import time
 import weakref
 from typing import Any, Optional, Sequence, Tuple
 
-from opentelemetry import context as otel_context
-
 from otel_mixpanel._config import Settings
+from otel_mixpanel._context import instrumentation_suppressed
 from otel_mixpanel._model import Message
 from otel_mixpanel._queue._backend import Backend, MemoryBackend, Take
 from otel_mixpanel._queue._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_batches
@@ -37,12 +36,7 @@ from otel_mixpanel._queue._disk import DiskBackend
 from otel_mixpanel._queue._limits import Limits
 from otel_mixpanel._queue._retry import RetryPolicy
 from otel_mixpanel._queue._transport import Transport
-from otel_mixpanel._stats import Stats
-
-try:  # the key the batch processors set around export(); our own thread needs it too
-    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-except ImportError:  # pragma: no cover - very old API
-    _SUPPRESS_INSTRUMENTATION_KEY = otel_context.create_key("suppress_instrumentation")
+from otel_mixpanel._stats import Stats, records_text
 
 _logger = logging.getLogger("otel_mixpanel")
 
@@ -130,19 +124,15 @@ class SendingQueue:
     def submit(self, messages: Sequence[Message]) -> Optional[Any]:
         """Apply the limits, encode, and queue *messages*; the ticket of the last
         batch queued (for :meth:`wait`), None when nothing was queued."""
-        if self._closed:
-            if messages:
-                self.stats.dropped(
-                    "exporter_shut_down", len(messages), detail="export() called after shutdown()"
-                )
+        if self._closed:  # not worth the limits and the encoding
+            self._refuse_closed(len(messages))
             return None
         kept = sendable(self._limits.apply(messages), self.settings, self.stats)
         batches = make_batches(kept, self.settings.token, self.stats)
         ticket = None
         with self._locked():
             if self._closed:  # closed while these were encoded: counted, not stranded
-                self.stats.dropped("exporter_shut_down", len(kept),
-                                   detail="export() called after shutdown()")
+                self._refuse_closed(len(kept))
                 return None
             compact = isinstance(self._backend, MemoryBackend) and (
                 bool(self._failures) or self._backend.count()[1] > PACK_AFTER_BYTES
@@ -197,6 +187,12 @@ class SendingQueue:
                 self._cond.wait(min(remaining, 1.0))
         return True
 
+    def _refuse_closed(self, count: int) -> None:
+        if count:
+            self.stats.dropped(
+                "exporter_shut_down", count, detail="export() called after shutdown()"
+            )
+
     def _evicted(self, count: int) -> None:
         self.stats.dropped(
             "sending_queue_full", count,
@@ -215,26 +211,28 @@ class SendingQueue:
 
     def _run(self) -> None:
         # Like the batch processors around export(): our HTTP calls make no spans.
-        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            while True:
-                try:
-                    if not self._send_one():
-                        break
-                except Exception:  # a bug or the disk: say so, keep the records, go on
-                    self._logger.exception("Mixpanel sender failed; trying again in 1 s")
-                    with self._cond:
-                        if self._in_flight is not None:  # its lock, if any, goes too
-                            self._backend.release(self._in_flight)
-                            self._in_flight = None
-                    if self._pause(1.0):
-                        break
+            with instrumentation_suppressed():
+                self._send_all()
         finally:
-            otel_context.detach(token)
             with self._cond:
                 if self._sender is threading.current_thread():
                     self._sender = None
                 self._cond.notify_all()
+
+    def _send_all(self) -> None:
+        while True:
+            try:
+                if not self._send_one():
+                    return
+            except Exception:  # a bug or the disk: say so, keep the records, go on
+                self._logger.exception("Mixpanel sender failed; trying again in 1 s")
+                with self._cond:
+                    if self._in_flight is not None:  # its lock, if any, goes too
+                        self._backend.release(self._in_flight)
+                        self._in_flight = None
+                if self._pause(1.0):
+                    return
 
     def _send_one(self) -> bool:
         """One request and what follows it; False when the thread should end."""
@@ -288,7 +286,7 @@ class SendingQueue:
             if failures:
                 self._logger.warning(
                     "Mixpanel answers again after %d failed attempts; %s wait to be sent",
-                    failures, _records(self.waiting()[0]),
+                    failures, records_text(self.waiting()[0]),
                 )
             return not closed
         if closed:
@@ -329,7 +327,7 @@ class SendingQueue:
             self._logger.warning(
                 "Mixpanel: attempt %d failed (%s); %s wait in the sending queue, "
                 "next try in %.1f s", self._failures, error or f"HTTP {status}",
-                _records(waiting), delay,
+                records_text(waiting), delay,
             )
 
     # Closing
@@ -354,7 +352,7 @@ class SendingQueue:
         if waiting:
             self._logger.info(
                 "Mixpanel exporter shutting down: delivering %s for at most %.1f s",
-                _records(waiting), max(0.0, budget),
+                records_text(waiting), max(0.0, budget),
             )
         self._wake.set()
         with self._locked():
@@ -383,7 +381,7 @@ class SendingQueue:
                 self._backend.discard()
                 self.stats.dropped("undelivered_at_shutdown", left, log=False)  # in the line below
         self._client.close()
-        self._log_totals(left if kept else 0)
+        self.stats.log_totals(self._logger, left if kept else 0, self.settings.spool_dir)
         self.delivered_all = left == 0
         return self.delivered_all
 
@@ -400,23 +398,6 @@ class SendingQueue:
         if unsafe:
             self.stats.dropped("outcome_unknown", len(unsafe), log=False)
 
-    def _log_totals(self, spooled: int) -> None:
-        snapshot = self.stats.snapshot()
-        sent = sum(snapshot["sent"].values())
-        dropped = snapshot["dropped"]
-        where = f"; {_records(spooled)} wait in {self.settings.spool_dir} for the next start" \
-            if spooled else ""
-        if dropped:
-            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(dropped.items()))
-            self._logger.warning(
-                "Mixpanel exporter shut down: %s sent; dropped since start: %s%s",
-                _records(sent), reasons, where,
-            )
-        elif spooled:
-            self._logger.warning("Mixpanel exporter shut down: %s sent%s", _records(sent), where)
-        else:
-            self._logger.info("Mixpanel exporter shut down: %s sent, none lost", _records(sent))
-
     def _after_fork(self) -> None:
         """In a forked child: fresh locks, no sender; the parent's queued records
         stay the parent's to send."""
@@ -427,10 +408,6 @@ class SendingQueue:
         self._in_flight, self._in_flight_until = None, 0.0  # the parent's request
         self._backend.after_fork()
         self.stats.after_fork()
-
-
-def _records(count: int) -> str:
-    return f"{count} record" if count == 1 else f"{count} records"
 
 
 def _after_fork_in_child() -> None:
