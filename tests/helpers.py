@@ -43,10 +43,14 @@ def fill_spool(directory: Path, mixpanel: LocalMixpanel, count: int, batch: int 
     provider.shutdown()
 
 
-def finished_spans(*attribute_sets: Mapping[str, Any]) -> List[ReadableSpan]:
-    """Real ReadableSpans, one per attribute set (resource ``service.name=shop``)."""
+def finished_spans(
+    *attribute_sets: Mapping[str, Any], resource: Any = None, span_limits: Any = None
+) -> List[ReadableSpan]:
+    """Real ReadableSpans, one per attribute set (resource ``service.name=shop``
+    unless given; the SDK's span limits unless given)."""
     memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    provider = TracerProvider(resource=resource or Resource.create({"service.name": "shop"}),
+                              span_limits=span_limits)
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("tests")
     for attributes in attribute_sets:

@@ -25,14 +25,14 @@ from opentelemetry.sdk._logs.export import (
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter
 from otel_mixpanel._convention._table import KEYS
 from otel_mixpanel._queue._limits import DENYLISTED_DISTINCT_IDS
 from otel_mixpanel.testing import LocalMixpanel
+from tests import helpers
 
 Exporter = TypeVar("Exporter", MixpanelSpanExporter, MixpanelLogExporter)
 
@@ -69,18 +69,9 @@ HYPOTHESIS = settings(
 def finished_spans(*attribute_sets: Mapping[str, Any]) -> List[ReadableSpan]:
     """Real ReadableSpans, one per attribute set, with room for 20k attributes
     and no value-length limit."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": "shop"}),
-        span_limits=SpanLimits(max_span_attributes=20_000, max_attribute_length=None),
-    )
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("hostile")
-    for attributes in attribute_sets:
-        with tracer.start_as_current_span("op", attributes=dict(attributes)):
-            pass
-    provider.shutdown()
-    return list(memory.get_finished_spans())
+    return helpers.finished_spans(*attribute_sets, span_limits=SpanLimits(
+        max_span_attributes=20_000, max_attribute_length=None,
+    ))
 
 
 def emitted_records(

@@ -327,6 +327,7 @@ def test_an_add_answered_after_the_shutdown_budget_is_not_resent(
     )
     update = finished_spans({"mixpanel.distinct_id": "u", "mixpanel.people.add.n": 1})
     shut_down_while_a_request_is_held(mixpanel, exporter, update)
+    assert exporter.stats()["dropped"] == {"outcome_unknown": 1}  # kept out of the spool
     assert mixpanel.profiles == {"u": {"n": 1}}
     restarted = MixpanelSpanExporter(
         token=mixpanel.token, api_host=mixpanel.url, spool_dir=str(tmp_path),

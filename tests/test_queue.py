@@ -177,34 +177,6 @@ def test_a_hanging_request_cannot_stretch_shutdown_or_hide_the_loss(
     mixpanel.clear_faults()
 
 
-def test_a_spooled_add_on_the_wire_at_shutdown_is_never_applied_twice(
-    mixpanel: LocalMixpanel, tmp_path: Path
-) -> None:
-    """Shutdown gives up on a request Mixpanel holds and applies later: its
-    events stay spooled (Mixpanel deduplicates them), its $add does not."""
-    mixpanel.fail_next(1, status=None, delay=1.5)
-    exporter = MixpanelSpanExporter(
-        token=mixpanel.token, api_host=mixpanel.url, timeout=5, shutdown_timeout=0.3,
-        spool_dir=str(tmp_path), retry_policy=FAST,
-    )
-    update = finished_spans({"mixpanel.distinct_id": "u", "mixpanel.people.add.n": 1})
-    exporting = threading.Thread(target=exporter.export, args=(update,))
-    exporting.start()
-    time.sleep(0.2)
-    exporter.shutdown()
-    exporting.join(5)
-    assert exporter.stats()["dropped"] == {"outcome_unknown": 1}
-    assert mixpanel.wait_for(lambda s: s.profiles == {"u": {"n": 1}}, timeout=5)
-    restarted = MixpanelSpanExporter(
-        token=mixpanel.token, api_host=mixpanel.url, spool_dir=str(tmp_path),
-    )
-    try:
-        assert restarted.force_flush(5_000)
-    finally:
-        restarted.shutdown()
-    assert mixpanel.profiles == {"u": {"n": 1}}
-
-
 def test_a_bound_smaller_than_one_batch_still_delivers(mixpanel: LocalMixpanel) -> None:
     exporter = MixpanelSpanExporter(
         token=mixpanel.token, api_host=mixpanel.url, queue_max_bytes=1_000,

@@ -8,7 +8,7 @@ import base64
 import gzip
 import logging
 import socket
-from typing import Any, Dict, Iterator, List, Mapping
+from typing import Any, Dict, Iterator, List
 
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
@@ -18,7 +18,7 @@ from opentelemetry.sdk._logs.export import (
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -26,7 +26,7 @@ from otel_mixpanel import ConfigurationError, MixpanelLogExporter, MixpanelSpanE
 from otel_mixpanel._config import resolve_settings
 from otel_mixpanel.testing import LocalMixpanel
 from tests.conftest import ShutDown
-from tests.helpers import FAST, until
+from tests.helpers import FAST, finished_spans, until
 
 TOKEN = "tok-S3CRET-9f2c7e1a"
 SA_USER = "sa-user-K1w9"
@@ -42,19 +42,6 @@ def assert_no_secret(text: str) -> None:
     """None of the credentials, nor their Basic-auth forms, is in *text*."""
     for secret in SECRETS:
         assert secret not in text
-
-
-def finished_spans(*attribute_sets: Mapping[str, Any], resource: Any = None) -> List[ReadableSpan]:
-    """Real ReadableSpans, one per attribute set."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=resource or Resource.create({"service.name": "shop"}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("security")
-    for attributes in attribute_sets:
-        with tracer.start_as_current_span("op", attributes=dict(attributes)):
-            pass
-    provider.shutdown()
-    return list(memory.get_finished_spans())
 
 
 def raw_bodies(server: LocalMixpanel) -> bytes:
