@@ -17,12 +17,12 @@ import os
 import sys
 from typing import Optional
 
-from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 
 from otel_mixpanel import MixpanelIdentityLogProcessor, MixpanelLogExporter, bind_identity
+from otel_mixpanel.logs import logging_handler
 from otel_mixpanel.testing import LocalMixpanel
 
 log = logging.getLogger("shop")
@@ -51,7 +51,7 @@ def main() -> int:
     provider.add_log_record_processor(MixpanelIdentityLogProcessor())
     provider.add_log_record_processor(BatchLogRecordProcessor(MixpanelLogExporter()))
     logging.basicConfig(level=logging.INFO)
-    logging.getLogger().addHandler(LoggingHandler(logger_provider=provider))
+    logging.getLogger().addHandler(logging_handler(provider))
     try:
         handle_checkout("user-9", "sku-3")
     finally:

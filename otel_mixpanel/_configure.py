@@ -7,7 +7,6 @@ or a processor, and is safe to call twice.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 import weakref
@@ -27,7 +26,7 @@ from otel_mixpanel._inputs._intake import (
     OrderedSpanProcessor,
 )
 from otel_mixpanel.identity import MixpanelIdentityLogProcessor, MixpanelIdentitySpanProcessor
-from otel_mixpanel.logs import MixpanelLogExporter
+from otel_mixpanel.logs import MixpanelLogExporter, logging_handler
 from otel_mixpanel.trace import MixpanelSpanExporter
 
 __all__ = ["MixpanelPipeline", "configure"]
@@ -219,15 +218,7 @@ def _global_provider(
 def _logging_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], None]]:
     """Checks the handler is installed now; the returned function attaches it
     and returns its undo."""
-    try:
-        from opentelemetry.instrumentation.logging.handler import (  # noqa: PLC0415
-            LoggingHandler,
-        )
-    except ImportError as error:
-        raise ConfigurationError(
-            "configure(logging=True) needs opentelemetry-instrumentation-logging: "
-            "pip install 'otel-mixpanel[logging]'"
-        ) from error
+    handler = logging_handler(logger_provider)
 
     def attach() -> Callable[[], None]:
         root = logging.getLogger()
@@ -240,28 +231,10 @@ def _logging_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], 
                 logging.getLevelName(root.getEffectiveLevel()),
                 logging.getLevelName(root.getEffectiveLevel()),
             )
-        handler = _iso_dates(LoggingHandler)(logger_provider=logger_provider)
         root.addHandler(handler)
         return lambda: root.removeHandler(handler)
 
     return attach
-
-
-def _iso_dates(handler_class: Type[Any]) -> Type[Any]:
-    """*handler_class* with dates in ``extra=`` given as ISO-8601 strings, as
-    docs/attributes.md promises (the SDK would turn them into ``str()``, with a
-    space for the ``T``)."""
-
-    class MixpanelLoggingHandler(handler_class):  # type: ignore[misc]
-        def _get_attributes(self, record: logging.LogRecord) -> Any:
-            result = super()._get_attributes(record)
-            attributes = result[0] if isinstance(result, tuple) else result
-            for name, value in attributes.items():
-                if isinstance(value, (datetime.date, datetime.time)):
-                    attributes[name] = value.isoformat()
-            return result
-
-    return MixpanelLoggingHandler
 
 
 def _structlog_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[], None]]:

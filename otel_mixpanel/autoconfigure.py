@@ -17,12 +17,10 @@ processors::
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any, List, Optional
 
-from opentelemetry.sdk._configuration import _initialize_components, _OTelSDKConfigurator
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.environment_variables import (
     OTEL_BLRP_MAX_EXPORT_BATCH_SIZE,
     OTEL_BLRP_MAX_QUEUE_SIZE,
@@ -31,8 +29,8 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_BSP_MAX_QUEUE_SIZE,
     OTEL_BSP_SCHEDULE_DELAY,
 )
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from otel_mixpanel import _compat
 from otel_mixpanel._inputs._intake import (
     DEFAULT_MAX_QUEUE_SIZE,
     OrderedLogRecordProcessor,
@@ -44,6 +42,9 @@ from otel_mixpanel.trace import MixpanelSpanExporter
 
 __all__ = ["MixpanelConfigurator"]
 
+# The entry point name our exporters are registered under (pyproject.toml).
+_NAME = "mixpanel"
+
 
 class MixpanelConfigurator(_OTelSDKConfigurator):
     """The SDK's default configuration plus the Mixpanel identity processors."""
@@ -53,15 +54,18 @@ class MixpanelConfigurator(_OTelSDKConfigurator):
         log_processors: List[Any] = list(kwargs.pop("log_record_processors", None) or [])
         span_processors.insert(0, MixpanelIdentitySpanProcessor())
         log_processors.insert(0, MixpanelIdentityLogProcessor())
-        hooks = inspect.signature(_initialize_components).parameters
-        if "export_span_processor" in hooks and "export_log_record_processor" in hooks:
-            # Our exporters get configure()'s one ordered, burst-sized buffer for
-            # both signals (unless the variable sets its size) and counted
-            # queue-full drops; other exporters keep the SDK's processors.
-            kwargs.setdefault("export_span_processor", _span_processor)
-            kwargs.setdefault("export_log_record_processor", _log_processor)
-        super()._configure(  # type: ignore[no-untyped-call]
-            span_processors=span_processors, log_record_processors=log_processors, **kwargs
+        # Our exporters get configure()'s one ordered, burst-sized buffer for
+        # both signals (unless the variable sets its size) and counted
+        # queue-full drops; other exporters keep the SDK's processors.
+        _compat.initialize_components(
+            super()._configure,
+            span_processors=span_processors,
+            log_record_processors=log_processors,
+            exporters={
+                "traces": (_NAME, MixpanelSpanExporter, _span_processor),
+                "logs": (_NAME, MixpanelLogExporter, _log_processor),
+            },
+            **kwargs,
         )
 
 
@@ -81,21 +85,17 @@ def _from_env(variable: str) -> Optional[int]:
     return value if value is not None and value > 0 else None
 
 
-def _span_processor(exporter: Any, *args: Any, **kwargs: Any) -> Any:
-    if isinstance(exporter, MixpanelSpanExporter):
-        return OrderedSpanProcessor(
-            exporter, max_queue_size=_queue_size(OTEL_BSP_MAX_QUEUE_SIZE),
-            max_export_batch_size=_from_env(OTEL_BSP_MAX_EXPORT_BATCH_SIZE),
-            schedule_delay_millis=_from_env(OTEL_BSP_SCHEDULE_DELAY),
-        )
-    return BatchSpanProcessor(exporter, *args, **kwargs)
+def _span_processor(exporter: MixpanelSpanExporter) -> OrderedSpanProcessor:
+    return OrderedSpanProcessor(
+        exporter, max_queue_size=_queue_size(OTEL_BSP_MAX_QUEUE_SIZE),
+        max_export_batch_size=_from_env(OTEL_BSP_MAX_EXPORT_BATCH_SIZE),
+        schedule_delay_millis=_from_env(OTEL_BSP_SCHEDULE_DELAY),
+    )
 
 
-def _log_processor(exporter: Any, *args: Any, **kwargs: Any) -> Any:
-    if isinstance(exporter, MixpanelLogExporter):
-        return OrderedLogRecordProcessor(
-            exporter, max_queue_size=_queue_size(OTEL_BLRP_MAX_QUEUE_SIZE),
-            max_export_batch_size=_from_env(OTEL_BLRP_MAX_EXPORT_BATCH_SIZE),
-            schedule_delay_millis=_from_env(OTEL_BLRP_SCHEDULE_DELAY),
-        )
-    return BatchLogRecordProcessor(exporter, *args, **kwargs)
+def _log_processor(exporter: MixpanelLogExporter) -> OrderedLogRecordProcessor:
+    return OrderedLogRecordProcessor(
+        exporter, max_queue_size=_queue_size(OTEL_BLRP_MAX_QUEUE_SIZE),
+        max_export_batch_size=_from_env(OTEL_BLRP_MAX_EXPORT_BATCH_SIZE),
+        schedule_delay_millis=_from_env(OTEL_BLRP_SCHEDULE_DELAY),
+    )

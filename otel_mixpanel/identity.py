@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
 from opentelemetry import baggage, context, trace
-from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from otel_mixpanel._compat import LogRecordProcessor
 from otel_mixpanel._convention import _table as c
 from otel_mixpanel._convention._translate import is_tagged
 

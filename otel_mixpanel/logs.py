@@ -16,18 +16,22 @@ structlog processor, ``Logger.emit``) becomes the same messages a span would::
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import time
 from typing import Any, Iterator, Sequence
 
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.trace import format_span_id, format_trace_id
 
+from otel_mixpanel import _compat
+from otel_mixpanel._compat import LogRecordExporter, LogRecordExportResult, log_resource
+from otel_mixpanel._convention._table import flat_attributes
 from otel_mixpanel._convention._translate import Record, is_tagged
+from otel_mixpanel._exceptions import ConfigurationError
 from otel_mixpanel._inputs._exporter import OWN_LOGGER_PREFIX, MixpanelExporterBase
 
-__all__ = ["MixpanelLogExporter"]
+__all__ = ["MixpanelLogExporter", "logging_handler"]
 
 _logger = logging.getLogger(__name__)
 
@@ -67,10 +71,11 @@ class MixpanelLogExporter(MixpanelExporterBase, LogRecordExporter):
             time_ns = log_record.timestamp or log_record.observed_timestamp or time.time_ns()
             trace_id = format_trace_id(log_record.trace_id) if log_record.trace_id else None
             span_id = format_span_id(log_record.span_id) if log_record.span_id else None
-            resource = data.resource.attributes if data.resource is not None else {}
+            resource = log_resource(data)
             yield Record(
                 attributes, time_ns // 1_000_000, _seed(log_record, time_ns, trace_id, span_id),
-                0, trace_id, span_id, resource=self._properties_of_resource(resource),
+                0, trace_id, span_id, resource=self._properties_of_resource(
+                    resource.attributes if resource is not None else {}),
             )
 
 
@@ -79,3 +84,44 @@ def _seed(log_record: Any, time_ns: int, trace_id: Any, span_id: Any) -> str:
     ``$insert_id`` and two different records never share one."""
     content = f"{time_ns}|{trace_id}|{span_id}|{log_record.body!r}|{dict(log_record.attributes)!r}"
     return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def logging_handler(logger_provider: Any = None, level: int = logging.NOTSET) -> logging.Handler:
+    """A stdlib logging handler that turns records into OTel log records.
+
+    The handler of opentelemetry-instrumentation-logging (SDK 1.40 and later;
+    ``pip install 'otel-mixpanel[logging]'``), or the SDK's own on older SDKs,
+    with what the convention needs on top: dates and times in ``extra=`` as
+    ISO-8601 strings (the SDK would write ``str()``, with a space for the
+    ``T``), and before SDK 1.33, which drops mapping values, mappings as
+    dotted keys. ``configure(logging=True)`` attaches one to the root logger.
+    Raises :class:`~otel_mixpanel.ConfigurationError` when no handler is installed.
+
+    Example::
+
+        logging.getLogger().addHandler(logging_handler(logger_provider))
+        logging.getLogger("shop").info("paid", extra={"mixpanel.event": "Paid"})
+    """
+    try:
+        handler_class = _compat.logging_handler_class()
+    except ImportError as error:
+        raise ConfigurationError(
+            "stdlib logging needs opentelemetry-instrumentation-logging: "
+            "pip install 'otel-mixpanel[logging]'"
+        ) from error
+
+    class MixpanelLoggingHandler(handler_class):  # type: ignore[misc,valid-type]
+        def _get_attributes(self, record: logging.LogRecord) -> Any:
+            result = super()._get_attributes(record)
+            attributes = result[0] if isinstance(result, tuple) else result
+            for name, value in attributes.items():
+                if isinstance(value, (datetime.date, datetime.time)):
+                    attributes[name] = value.isoformat()
+            if not _compat.LOG_MAPPINGS and is_tagged(attributes):
+                flat = flat_attributes(attributes)
+                attributes.clear()
+                attributes.update(flat)
+            return result
+
+    handler: logging.Handler = MixpanelLoggingHandler(level=level, logger_provider=logger_provider)
+    return handler

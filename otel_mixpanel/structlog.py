@@ -37,7 +37,9 @@ from typing import Any, Dict, MutableMapping, Optional
 import structlog
 from opentelemetry._logs import Logger, LoggerProvider, SeverityNumber, get_logger_provider
 
+from otel_mixpanel import _compat
 from otel_mixpanel._convention import _table as c
+from otel_mixpanel._convention._table import flat_attributes
 from otel_mixpanel._convention._translate import carries_messages
 from otel_mixpanel._stats import Stats
 
@@ -102,12 +104,16 @@ class MixpanelProcessor:
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any], tagged: list[str]
     ) -> None:
         body = event_dict.get("event")
-        self._otel_logger(getattr(logger, "name", None) or "structlog").emit(
+        attributes = {name: event_dict[name] for name in tagged}
+        if not _compat.LOG_MAPPINGS:  # the SDK would drop mapping values
+            attributes = flat_attributes(attributes)
+        _compat.emit(
+            self._otel_logger(getattr(logger, "name", None) or "structlog"),
             timestamp=time.time_ns(),
             severity_number=_SEVERITY.get(method_name, SeverityNumber.INFO),
             severity_text=method_name,
             body=body if isinstance(body, str) else repr(body),
-            attributes={name: event_dict[name] for name in tagged},
+            attributes=attributes,
         )
 
     def _otel_logger(self, name: str) -> Logger:

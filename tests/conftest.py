@@ -4,16 +4,41 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Iterator, List, Protocol, Tuple, TypeVar
+from typing import Any, Iterator, List, Protocol, Tuple, TypeVar
 
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 
-from otel_mixpanel import MixpanelIdentityLogProcessor, MixpanelLogExporter, _config
+from otel_mixpanel import MixpanelIdentityLogProcessor, MixpanelLogExporter, _compat, _config
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel.testing import LocalMixpanel
+
+NEEDS_SDK = "needs_sdk"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """A test marked ``needs_sdk("1.40", why)`` is skipped, with its reason, on
+    an older SDK; the terminal summary counts them."""
+    for item in items:
+        marker = item.get_closest_marker(NEEDS_SDK)
+        if marker is None:
+            continue
+        version, why = marker.args
+        if _compat.sdk_release() < _compat.sdk_release(version):
+            item.add_marker(pytest.mark.skip(
+                reason=f"{NEEDS_SDK}: opentelemetry-sdk {version}+ ({why}); "
+                       f"this is {_compat.SDK_VERSION}"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    by_marker = [r for r in skipped if NEEDS_SDK in str(getattr(r, "longrepr", ""))]
+    terminalreporter.write_line(
+        f"opentelemetry-sdk {_compat.SDK_VERSION}: {len(by_marker)} tests need a newer SDK "
+        f"(marked {NEEDS_SDK}), {len(skipped) - len(by_marker)} other skips"
+    )
 
 
 @pytest.fixture(autouse=True)

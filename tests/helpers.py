@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_mixpanel import MixpanelSpanExporter, RetryPolicy
+from otel_mixpanel import MixpanelSpanExporter, RetryPolicy, _compat
 from otel_mixpanel.testing import LocalMixpanel
 
 # Short backoffs for tests; users keep Mixpanel's real ones.
@@ -68,3 +68,29 @@ def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def log(logger: Any, **fields: Any) -> None:
+    """``logger.emit(body=..., attributes=...)`` on every supported SDK (the
+    keyword form is API 1.38+)."""
+    _compat.emit(logger, **fields)
+
+
+def memory_log_exporter() -> Any:
+    """The SDK's in-memory log exporter (``InMemoryLogExporter`` before 1.39)."""
+    from opentelemetry.sdk._logs import export  # noqa: PLC0415
+
+    exporter_class = getattr(export, "InMemoryLogRecordExporter", None)
+    return (exporter_class or export.InMemoryLogExporter)()
+
+
+def logger_provider(resource: Resource, max_attributes: int) -> Any:
+    """An SDK LoggerProvider keeping up to *max_attributes* per record: a setting
+    of the provider from 1.39; before, records keep the default 128."""
+    from opentelemetry.sdk import _logs  # noqa: PLC0415
+
+    limits = getattr(_logs, "LogRecordLimits", None)
+    if limits is None:
+        return _logs.LoggerProvider(resource=resource)
+    return _logs.LoggerProvider(
+        resource=resource, log_record_limits=limits(max_log_record_attributes=max_attributes))

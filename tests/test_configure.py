@@ -3,7 +3,6 @@ never double-delivers, hooks logging and structlog, bounded flush/shutdown."""
 
 from __future__ import annotations
 
-import builtins
 import datetime
 import logging
 import os
@@ -19,10 +18,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_mixpanel import ConfigurationError, configure
+from otel_mixpanel import ConfigurationError, _compat, configure
 from otel_mixpanel._configure import _global_provider
 from otel_mixpanel.structlog import MixpanelProcessor
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import log
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def test_adds_to_the_applications_providers(mixpanel: LocalMixpanel) -> None:
                          token=mixpanel.token, api_host=mixpanel.url)
     with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
         span.set_attribute("mixpanel.event", "E")
-    logger_provider.get_logger("app").emit(attributes={"mixpanel.event": "L"})
+    log(logger_provider.get_logger("app"), attributes={"mixpanel.event": "L"})
     assert pipeline.force_flush()
     assert sorted(e["event"] for e in mixpanel.events) == ["E", "L"]
     assert [s.name for s in memory.get_finished_spans()] == ["s"]
@@ -208,15 +208,11 @@ def test_failed_call_leaves_nothing_behind(
 ) -> None:
     """A configure() that fails (a missing extra) adds no processor, so the next
     call does not deliver everything twice."""
-    real_import = builtins.__import__
-
-    def without_logging_handler(name: str, *args: object, **kwargs: object) -> object:
-        if name.startswith("opentelemetry.instrumentation.logging"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+    def no_handler() -> type:
+        raise ImportError("opentelemetry.instrumentation.logging")
 
     tracer_provider = TracerProvider()
-    monkeypatch.setattr(builtins, "__import__", without_logging_handler)
+    monkeypatch.setattr(_compat, "logging_handler_class", no_handler)
     with pytest.raises(ConfigurationError, match=r"\[logging\]"):
         configure(tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
                   logging=True, token=mixpanel.token, api_host=mixpanel.url)

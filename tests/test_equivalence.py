@@ -9,7 +9,6 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 import structlog
-from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
@@ -17,8 +16,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter
+from otel_mixpanel.logs import logging_handler
 from otel_mixpanel.structlog import MixpanelProcessor
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import log
 
 DOTTED: Dict[str, Any] = {
     "mixpanel.event": "Purchased",
@@ -93,7 +94,7 @@ def log_provider(mixpanel: LocalMixpanel) -> LoggerProvider:
 
 def via_log_record(mixpanel: LocalMixpanel) -> None:
     provider = log_provider(mixpanel)
-    provider.get_logger("app").emit(body="purchased", attributes=DOTTED)
+    log(provider.get_logger("app"), body="purchased", attributes=DOTTED)
     provider.shutdown()
 
 
@@ -101,7 +102,7 @@ def via_stdlib(mixpanel: LocalMixpanel) -> None:
     provider = log_provider(mixpanel)
     logger = logging.getLogger("app.equivalence")
     logger.propagate = False
-    handler = LoggingHandler(logger_provider=provider)
+    handler = logging_handler(provider)
     logger.addHandler(handler)
     try:
         logger.warning("purchased", extra=DOTTED)

@@ -7,7 +7,6 @@ import logging
 from typing import Iterator, Tuple
 
 import pytest
-from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,22 +14,23 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter
+from otel_mixpanel.logs import logging_handler
 from otel_mixpanel.testing import LocalMixpanel
 
 Pipeline = Tuple[LoggerProvider, MixpanelLogExporter]
 
 
 @pytest.fixture
-def root_handler(log_pipeline: Pipeline) -> Iterator[LoggingHandler]:
+def root_handler(log_pipeline: Pipeline) -> Iterator[logging.Handler]:
     """Every stdlib record, ours included, flows into the OTel logs pipeline."""
-    handler = LoggingHandler(logger_provider=log_pipeline[0])
+    handler = logging_handler(log_pipeline[0])
     logging.getLogger().addHandler(handler)
     yield handler
     logging.getLogger().removeHandler(handler)
 
 
 def test_own_log_records_never_become_events(
-    mixpanel: LocalMixpanel, log_pipeline: Pipeline, root_handler: LoggingHandler
+    mixpanel: LocalMixpanel, log_pipeline: Pipeline, root_handler: logging.Handler
 ) -> None:
     """A record from an otel_mixpanel logger is skipped even when tagged."""
     provider, exporter = log_pipeline
@@ -44,7 +44,7 @@ def test_own_log_records_never_become_events(
 
 
 def test_failing_export_does_not_feed_itself(
-    mixpanel: LocalMixpanel, log_pipeline: Pipeline, root_handler: LoggingHandler
+    mixpanel: LocalMixpanel, log_pipeline: Pipeline, root_handler: logging.Handler
 ) -> None:
     """With Mixpanel failing, the exporter's warnings enter the logs pipeline
     but cause no further requests."""

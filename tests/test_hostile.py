@@ -18,10 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits, ReadableLogRecord
 from opentelemetry.sdk._logs.export import (
-    InMemoryLogRecordExporter,
-    LogRecordExportResult,
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.resources import Resource
@@ -29,10 +26,12 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter
+from otel_mixpanel._compat import LogRecordExportResult
 from otel_mixpanel._convention._table import KEYS
 from otel_mixpanel._queue._limits import DENYLISTED_DISTINCT_IDS
 from otel_mixpanel.testing import LocalMixpanel
 from tests import helpers
+from tests.helpers import log
 
 Exporter = TypeVar("Exporter", MixpanelSpanExporter, MixpanelLogExporter)
 
@@ -76,17 +75,14 @@ def finished_spans(*attribute_sets: Mapping[str, Any]) -> List[ReadableSpan]:
 
 def emitted_records(
     *attribute_sets: Mapping[str, Any], timestamp: Optional[int] = None
-) -> List[ReadableLogRecord]:
+) -> List[Any]:
     """Real SDK log records (cleaned by the SDK as an application's would be)."""
-    memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
-    provider = LoggerProvider(
-        resource=Resource.create({"service.name": "shop"}),
-        log_record_limits=LogRecordLimits(max_log_record_attributes=20_000),
-    )
+    memory = helpers.memory_log_exporter()
+    provider = helpers.logger_provider(Resource.create({"service.name": "shop"}), 20_000)
     provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
     logger = provider.get_logger("app")
     for attributes in attribute_sets:
-        logger.emit(timestamp=timestamp, body="hostile", attributes=dict(attributes))
+        log(logger, timestamp=timestamp, body="hostile", attributes=dict(attributes))
     provider.shutdown()
     return list(memory.get_finished_logs())
 
@@ -319,8 +315,12 @@ def test_span_properties_are_accounted_for(
     attrs: Dict[str, Any] = {"mixpanel.event": "Accounted", "mixpanel.distinct_id": "u"}
     attrs.update({f"mixpanel.properties.{k}": v for k, v in properties.items()})
     attrs.update({f"mixpanel.properties.filler{i}": i for i in range(filler)})
+    spans = finished_spans(attrs)
+    # What the SDK kept reaches the exporter (older APIs drop undecodable bytes).
+    kept = {k[len("mixpanel.properties."):] for k in spans[0].attributes or {}}
+    properties = {k: v for k, v in properties.items() if k in kept}
     with shut_down_after(span_exporter(server)) as exporter:
-        assert exporter.export(finished_spans(attrs)) is SpanExportResult.SUCCESS
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
         assert_nothing_refused(server)
         (event,) = server.events_named("Accounted")
         received = event["properties"]
@@ -405,6 +405,7 @@ def test_any_log_record_attributes(
 log_property_name = st.text(min_size=1, max_size=10).filter(lambda n: n not in LOG_AUTO)
 
 
+@pytest.mark.needs_sdk("1.33", "mapping-valued log attributes")
 @HYPOTHESIS
 @given(
     properties=st.dictionaries(log_property_name, log_value_or_deep, max_size=15),
@@ -471,6 +472,7 @@ def test_ten_thousand_attributes(mixpanel: LocalMixpanel) -> None:
     assert exporter.stats()["dropped"]["too_many_properties"] == 10_000 + len(SPAN_AUTO) - 254
 
 
+@pytest.mark.needs_sdk("1.33", "mapping-valued log attributes")
 def test_deep_nesting_in_log_dict(mixpanel: LocalMixpanel) -> None:
     """A 200-level nested dict on a log record is cut at Mixpanel's depth, counted."""
     deep: Any = "bottom"
@@ -540,6 +542,7 @@ def test_nan_and_infinity(mixpanel: LocalMixpanel) -> None:
     assert stats["adjusted"]["invalid_time"] == 1
 
 
+@pytest.mark.needs_sdk("1.45", "older APIs drop undecodable bytes before an exporter sees them")
 def test_bytes(mixpanel: LocalMixpanel) -> None:
     """bytes values (span and log, invalid UTF-8 too) are decoded, counted; the
     span and log exporters of one destination share its counters."""
@@ -559,6 +562,7 @@ def test_bytes(mixpanel: LocalMixpanel) -> None:
     assert logs.stats() == exporter.stats()
 
 
+@pytest.mark.needs_sdk("1.39", "older SDKs drop datetime log attributes; 1.39 writes str()")
 def test_naive_and_aware_datetimes_in_logs(mixpanel: LocalMixpanel) -> None:
     """Datetimes on log records (the SDK turns them into str): a naive
     ``mixpanel.time`` is UTC, an aware one keeps its offset, properties arrive as text."""

@@ -12,7 +12,7 @@ import pytest
 import requests
 from opentelemetry import propagate
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -25,6 +25,7 @@ from otel_mixpanel import (
 )
 from otel_mixpanel.identity import current_identity
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import log, memory_log_exporter
 
 Pipeline = Tuple[LoggerProvider, MixpanelLogExporter]
 
@@ -54,7 +55,7 @@ def test_spans_and_records_inherit_bound_identity(
     with bind_identity(user_id="u1", device_id="d1"):
         with tracer.start_as_current_span("checkout") as span:
             span.set_attribute("mixpanel.event", "Span Event")
-        logger_provider.get_logger("app").emit(attributes={"mixpanel.event": "Log Event"})
+        log(logger_provider.get_logger("app"), attributes={"mixpanel.event": "Log Event"})
         with tracer.start_as_current_span("own") as span:
             span.set_attribute("mixpanel.event", "Own Identity")
             span.set_attribute("mixpanel.distinct_id", "someone-else")
@@ -71,12 +72,12 @@ def test_spans_and_records_inherit_bound_identity(
 
 def test_untagged_records_are_not_touched(log_pipeline: Pipeline) -> None:
     """The log processor adds identity only to tagged records."""
-    memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    memory = memory_log_exporter()
     provider = LoggerProvider()
     provider.add_log_record_processor(MixpanelIdentityLogProcessor())
     provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
     with bind_identity("u1"):
-        provider.get_logger("app").emit(body="plain", attributes={"x": 1})
+        log(provider.get_logger("app"), body="plain", attributes={"x": 1})
     (record,) = memory.get_finished_logs()
     assert dict(record.log_record.attributes or {}) == {"x": 1}
 
@@ -118,7 +119,7 @@ def test_concurrent_asyncio_tasks_keep_identities_apart(
         with bind_identity(distinct_id=user):
             for step in range(3):
                 await asyncio.sleep(0)
-                logger.emit(attributes={"mixpanel.event": f"{user} step {step}"})
+                log(logger, attributes={"mixpanel.event": f"{user} step {step}"})
 
     async def main() -> None:
         await asyncio.gather(request("alice"), request("bob"))

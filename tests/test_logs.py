@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel_mixpanel import MixpanelLogExporter
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import log
 
 Pipeline = Tuple[LoggerProvider, MixpanelLogExporter]
 
@@ -39,8 +40,7 @@ def test_emitted_record_arrives(mixpanel: LocalMixpanel, log_pipeline: Pipeline)
     """A record emitted with tagged attributes becomes an event and updates; a
     mapping works like the keyed form."""
     provider, _ = log_pipeline
-    provider.get_logger("app").emit(
-        timestamp=1_732_280_000_123_000_000,
+    log(provider.get_logger("app"), timestamp=1_732_280_000_123_000_000,
         body="signed up",
         attributes={
             "mixpanel.event": "Signed Up", "mixpanel.user_id": "u1",
@@ -63,9 +63,8 @@ def test_observed_timestamp_when_no_timestamp(
 ) -> None:
     """Without a timestamp the record's observed time is the event time."""
     provider, _ = log_pipeline
-    provider.get_logger("app").emit(
-        observed_timestamp=1_732_280_000_999_000_000, attributes={"mixpanel.event": "E"}
-    )
+    log(provider.get_logger("app"), observed_timestamp=1_732_280_000_999_000_000,
+        attributes={"mixpanel.event": "E"})
     provider.force_flush()
     assert mixpanel.events[0]["properties"]["time"] == 1_732_280_000_999
 
@@ -75,7 +74,7 @@ def test_trace_ids_from_the_record(mixpanel: LocalMixpanel, log_pipeline: Pipeli
     provider, _ = log_pipeline
     tracer = TracerProvider().get_tracer("t")
     with tracer.start_as_current_span("request") as span:
-        provider.get_logger("app").emit(attributes={"mixpanel.event": "E"})
+        log(provider.get_logger("app"), attributes={"mixpanel.event": "E"})
     provider.force_flush()
     props = mixpanel.events[0]["properties"]
     assert props["trace_id"] == format(span.get_span_context().trace_id, "032x")
@@ -88,7 +87,7 @@ def test_insert_id_stable_for_the_same_record(mixpanel: LocalMixpanel) -> None:
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
     for _ in range(2):
-        provider.get_logger("app").emit(body="paid", attributes={"mixpanel.event": "Paid"})
+        log(provider.get_logger("app"), body="paid", attributes={"mixpanel.event": "Paid"})
     records = memory.get_finished_logs()
     exporter = MixpanelLogExporter(token=mixpanel.token, api_host=mixpanel.url)
     exporter.export(records)
@@ -100,7 +99,7 @@ def test_insert_id_stable_for_the_same_record(mixpanel: LocalMixpanel) -> None:
 def test_untagged_records_send_nothing(mixpanel: LocalMixpanel, log_pipeline: Pipeline) -> None:
     """Ordinary log records never leave the process."""
     provider, _ = log_pipeline
-    provider.get_logger("app").emit(body="hello", attributes={"user.id": "u1", "x": 1})
+    log(provider.get_logger("app"), body="hello", attributes={"user.id": "u1", "x": 1})
     provider.force_flush()
     assert mixpanel.requests == []
 
@@ -108,7 +107,7 @@ def test_untagged_records_send_nothing(mixpanel: LocalMixpanel, log_pipeline: Pi
 def test_underscore_spelling_on_records(mixpanel: LocalMixpanel, log_pipeline: Pipeline) -> None:
     """Records carrying structlog's spelling (as instrumentation-structlog emits) work too."""
     provider, _ = log_pipeline
-    provider.get_logger("app").emit(attributes={
+    log(provider.get_logger("app"), attributes={
         "mixpanel_event": "Paid", "mixpanel_distinct_id": "u2",
         "mixpanel_people_add": {"orders": 1},
         "mixpanel_group": {"key": "company", "id": "acme", "set": {"tier": "gold"}},
@@ -125,12 +124,13 @@ def test_shutdown_through_the_provider(mixpanel: LocalMixpanel, mixpanel_env: No
     exporter = MixpanelLogExporter()
     processor = BatchLogRecordProcessor(exporter, schedule_delay_millis=60_000)
     provider.add_log_record_processor(processor)
-    provider.get_logger("app").emit(attributes={"mixpanel.event": "Queued"})
+    log(provider.get_logger("app"), attributes={"mixpanel.event": "Queued"})
     provider.shutdown()
     assert len(mixpanel.events_named("Queued")) == 1
     assert exporter.export([]).name == "FAILURE"  # closed
 
 
+@pytest.mark.needs_sdk("1.40", "the handler of opentelemetry-instrumentation-logging 0.61b0+")
 def test_stdlib_logging_with_instrumentation_handler(
     mixpanel: LocalMixpanel, log_pipeline: Pipeline, stdlib_logger: logging.Logger
 ) -> None:

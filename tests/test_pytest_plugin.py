@@ -94,3 +94,40 @@ def test_an_app_that_needs_a_token_at_import_works_under_the_plugin(tmp_path: Pa
     at collection; the plugin gives it a placeholder."""
     result = run_pytest(tmp_path, "")
     assert "1 failed, 1 passed" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_broken_install_never_breaks_an_unrelated_test_run(tmp_path: Path) -> None:
+    """When otel-mixpanel cannot load (here: the SDK's configuration module is
+    missing, as on an unsupported opentelemetry-sdk), an unrelated suite still
+    runs with --strict-config and our ini option set, the report header says
+    why, and only a test asking for mixpanel_capture errors, with the reason."""
+    breaker = tmp_path / "breaker"
+    breaker.mkdir()
+    # Python imports sitecustomize from sys.path at start-up, before pytest.
+    (breaker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['opentelemetry.sdk._configuration'] = None\n"
+    )
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text(
+        "[pytest]\naddopts = --strict-config\nmixpanel_real_destinations = false\n"
+    )
+    (project / "test_unrelated.py").write_text(textwrap.dedent('''
+        def test_arithmetic():
+            assert 1 + 1 == 2
+
+        def test_capture(mixpanel_capture):
+            pass
+    '''))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environ["PYTHONPATH"] = str(breaker)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rf", str(project)],
+        cwd=project, env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )
+    output = result.stdout + result.stderr
+    assert "1 passed, 1 error" in output, output
+    assert "Error while loading plugin" not in output
+    why = "(ModuleNotFoundError: import of opentelemetry.sdk._configuration halted"
+    assert f"otel-mixpanel: pytest plugin off, the package could not load {why}" in output
+    assert f"mixpanel_capture: otel-mixpanel could not load {why}" in output

@@ -19,6 +19,7 @@ from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._queue._backend import MemoryBackend
 from otel_mixpanel._stats import Stats
+from otel_mixpanel.logs import logging_handler
 from otel_mixpanel.testing import LocalMixpanel
 from tests.helpers import FAST, finished_spans
 
@@ -265,7 +266,6 @@ def test_a_refusal_logged_through_an_otel_handler_does_not_deadlock(
     """The sender counts a refusal while holding the queue's lock; its log line
     reaches a handler whose exporter waits on that lock. Lines are held until
     the lock is released."""
-    from opentelemetry.instrumentation.logging.handler import LoggingHandler  # noqa: PLC0415
     from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor  # noqa: PLC0415
 
     mixpanel.refuse_records(lambda record: "refused for the test")
@@ -275,7 +275,7 @@ def test_a_refusal_logged_through_an_otel_handler_does_not_deadlock(
     # The library's own lines (logger "otel_mixpanel") reach the same handler, as
     # they would through the root logger; kept off the root for this test alone.
     ours, app_logger = logging.getLogger("otel_mixpanel"), logging.getLogger("app.deadlock")
-    handler = LoggingHandler(logger_provider=provider)
+    handler = logging_handler(provider)
     for logger in (ours, app_logger):
         logger.addHandler(handler)
         logger.propagate = False

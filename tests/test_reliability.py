@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel_mixpanel import MixpanelPipeline, RetryPolicy, configure
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import log
 
 POLICY = RetryPolicy(initial=0.05, maximum=0.2, jitter=(0.0, 0.0))
 TIMEOUT = 0.5  # one request; the held requests below outlast it
@@ -200,7 +201,7 @@ def test_span_and_log_updates_keep_the_applications_order(server: LocalMixpanel)
                 with tracer.start_as_current_span("save") as span:
                     span.set_attribute("mixpanel.distinct_id", f"u{user}")
                     span.set_attribute("mixpanel.people.set.plan", f"span-{round_}")
-                logger.emit(attributes={
+                log(logger, attributes={
                     "mixpanel.distinct_id": f"u{user}", "mixpanel.people.set.plan": f"log-{round_}",
                 })
                 time.sleep(0.003)

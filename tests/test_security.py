@@ -14,7 +14,6 @@ import pytest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import (
     InMemoryLogRecordExporter,
-    LogRecordExportResult,
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.resources import Resource
@@ -23,10 +22,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_mixpanel import ConfigurationError, MixpanelLogExporter, MixpanelSpanExporter
+from otel_mixpanel._compat import LogRecordExportResult
 from otel_mixpanel._config import resolve_settings
 from otel_mixpanel.testing import LocalMixpanel
 from tests.conftest import ShutDown
-from tests.helpers import FAST, finished_spans, until
+from tests.helpers import FAST, finished_spans, log, until
 
 TOKEN = "tok-S3CRET-9f2c7e1a"
 SA_USER = "sa-user-K1w9"
@@ -121,7 +121,7 @@ def test_refused_service_account_never_logged(all_logs: pytest.LogCaptureFixture
             memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
             provider = LoggerProvider()
             provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
-            provider.get_logger("app").emit(attributes={"mixpanel.event": "E"})
+            log(provider.get_logger("app"), attributes={"mixpanel.event": "E"})
             provider.shutdown()
             result = exporter.export(memory.get_finished_logs())
             assert result is LogRecordExportResult.SUCCESS  # queued, not lost
@@ -317,9 +317,8 @@ def test_unprefixed_attributes_never_leave(mixpanel: LocalMixpanel, shut_down: S
     log_memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     log_provider = LoggerProvider(resource=resource)
     log_provider.add_log_record_processor(SimpleLogRecordProcessor(log_memory))
-    log_provider.get_logger("app").emit(
-        body="body-LEAK-7", attributes={"mixpanel.event": "L", "card": "log-LEAK-8"}
-    )
+    log(log_provider.get_logger("app"), body="body-LEAK-7",
+        attributes={"mixpanel.event": "L", "card": "log-LEAK-8"})
     log_provider.shutdown()
     assert logs.export(log_memory.get_finished_logs()) is LogRecordExportResult.SUCCESS
 
@@ -391,7 +390,7 @@ def test_lists_from_environment(
     memory = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     provider = LoggerProvider(resource=Resource.create({"service.name": "shop"}))
     provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
-    provider.get_logger("app").emit(attributes={
+    log(provider.get_logger("app"), attributes={
         "mixpanel.event": "E", "mixpanel.distinct_id": "u",
         "mixpanel.properties": {"plan": "pro", "seats": 3, "email": "env-LEAK", "other": 1},
         "mixpanel.people.set": {"email": "env-LEAK", "plan": "pro"},

@@ -85,7 +85,8 @@ def test_burst_sized_counting_queue_in_zero_code(mixpanel: LocalMixpanel, tmp_pa
     probe.write_text(
         "from opentelemetry import trace\n"
         "for p in trace.get_tracer_provider()._active_span_processor._span_processors:\n"
-        "    queue = getattr(getattr(p, '_batch_processor', None), '_queue', None)\n"
+        "    inner = getattr(p, '_batch_processor', None)  # the SDK's layout from 1.34\n"
+        "    queue = getattr(inner, '_queue', None) if inner else getattr(p, 'queue', None)\n"
         "    size = getattr(getattr(p, '_intake', None), '_max_queue_size', None)\n"
         "    print(type(p).__name__, size or getattr(queue, 'maxlen', None))\n"
     )

@@ -12,6 +12,7 @@ which is how log records and structlog events spell it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -195,6 +196,37 @@ def dotted_names(name: str, value: Any) -> Iterator[Tuple[Optional[str], Any]]:
             yield dotted, inner_value
         else:
             yield from dotted_names(dotted.replace(".", "_"), inner_value)
+
+
+def flat_attributes(attributes: Mapping[str, Any]) -> Dict[str, Any]:
+    """The same tags without mapping values, for log records on SDKs that drop
+    them (before 1.33): a mapping on a keyed key becomes one key per name, a
+    structlog group its dotted keys, and a mapping nested inside a value its
+    JSON text.
+
+    >>> flat_attributes({"mixpanel_group": {"key": "co", "set": {"plan": "pro"}}})
+    {'mixpanel.group.key': 'co', 'mixpanel.group.set.plan': 'pro'}
+    """
+    flat: Dict[str, Any] = {}
+    for name, value in attributes.items():
+        spelt = name.startswith(UNDERSCORE_PREFIX)
+        for dotted, inner in dotted_names(name, value) if spelt else [(name, value)]:
+            if dotted is None:  # not the convention's: parse() counts it
+                flat[name] = value
+            elif isinstance(inner, Mapping) and dotted in BY_NAME and BY_NAME[dotted].keyed:
+                for sub, sub_value in inner.items():
+                    flat[f"{dotted}.{sub}"] = _no_mapping(sub_value)
+            else:
+                flat[dotted] = _no_mapping(inner)
+    return flat
+
+
+def _no_mapping(value: Any) -> Any:
+    if isinstance(value, Mapping) or (
+        isinstance(value, (list, tuple)) and any(isinstance(v, Mapping) for v in value)
+    ):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return value
 
 
 def lookup(attribute: str) -> Tuple[Optional[Key], Optional[str]]:

@@ -25,9 +25,9 @@ import weakref
 from collections import deque
 from typing import Any, Deque, List, Optional, Tuple
 
-from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
+from otel_mixpanel._compat import LogRecordProcessor
 from otel_mixpanel._context import instrumentation_suppressed
 from otel_mixpanel._convention._translate import is_tagged
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
@@ -221,8 +221,6 @@ class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
 
     def on_emit(self, log_data: Any) -> None:
         self._intake.offer(_LOG, log_data)
-
-    emit = on_emit  # the name before SDK 1.35
 
 
 def _after_fork_in_child() -> None:

@@ -24,6 +24,11 @@ try:  # optional: several times faster than json.dumps, and the same bytes (see 
     _orjson = importlib.import_module("orjson")
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
+# Releases before 3.12 write large floats without the exponent's sign (1e16,
+# json: 1e+16); such a release is not used at all.
+_PROBE = [1e16, 1.5e300]
+if _orjson is not None and _orjson.dumps(_PROBE) != json.dumps(_PROBE).replace(" ", "").encode():
+    _orjson = None  # pragma: no cover - depends on the environment
 _FRAGMENT = _orjson is not None and hasattr(_orjson, "Fragment")  # orjson 3.9+
 _PLAIN_KINDS = frozenset({int, bool, type(None)})
 if _orjson is not None:
