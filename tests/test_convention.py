@@ -40,3 +40,25 @@ def test_docs_reference_lists_every_key() -> None:
     text = (Path(__file__).parents[1] / "docs" / "attributes.md").read_text()
     rows = re.findall(r"^\| `(mixpanel\.[a-z_.]+?)(?:\.<[a-z_]+>)?` \|", text, re.MULTILINE)
     assert set(rows) == set(c.BY_NAME)
+
+
+def test_flat_attributes_read_the_same_as_the_mappings() -> None:
+    """Before SDK 1.33 log records cannot hold mappings: the flat spelling of
+    each tag gives the same fields, and a mapping inside a value keeps its data
+    as JSON text."""
+    from otel_mixpanel._convention._translate import parse  # noqa: PLC0415
+    from otel_mixpanel._stats import Stats  # noqa: PLC0415
+
+    tags = {
+        "mixpanel_event": "Paid",
+        "mixpanel.properties": {"plan": "pro", "seats": 3},
+        "mixpanel_people_set": {"$email": "a@example.com"},
+        "mixpanel_group": {"key": "company", "id": "acme", "set": {"tier": "gold"}},
+        "mixpanel.user_id": "u1",
+    }
+    flat = c.flat_attributes(tags)
+    assert not any(isinstance(value, dict) for value in flat.values())
+    assert parse(flat, Stats()) == parse(tags, Stats())
+    nested = c.flat_attributes({"mixpanel.properties": {"address": {"city": "Oslo"}}})
+    assert nested == {"mixpanel.properties.address": '{"city":"Oslo"}'}
+    assert c.flat_attributes({"mixpanel_unknown": {"a": 1}}) == {"mixpanel_unknown": {"a": 1}}
