@@ -51,10 +51,12 @@ def main() -> int:
     provider.add_log_record_processor(MixpanelIdentityLogProcessor())
     provider.add_log_record_processor(BatchLogRecordProcessor(MixpanelLogExporter()))
     logging.basicConfig(level=logging.INFO)
-    logging.getLogger().addHandler(logging_handler(provider))
+    handler = logging_handler(provider)
+    logging.getLogger().addHandler(handler)
     try:
         handle_checkout("user-9", "sku-3")
     finally:
+        logging.getLogger().removeHandler(handler)  # nothing logged after shutdown
         provider.shutdown()
     if local is not None:
         for event in local.unique_events():

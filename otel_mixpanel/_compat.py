@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 from opentelemetry import trace
 from opentelemetry._logs import Logger, get_logger_provider, set_logger_provider
 from opentelemetry.sdk import _logs as _sdk_logs
-from opentelemetry.sdk._configuration import _initialize_components
 from opentelemetry.sdk.version import __version__ as SDK_VERSION
 
 __all__ = [
@@ -192,6 +191,10 @@ def initialize_components(
     processor: our names are taken out of the variables while it runs, and
     our processors are added to the providers it set up afterwards.
     """
+    # Imported here, for zero-code only: in 1.39 importing it warns (DeprecationWarning
+    # for the events API), which a test suite running with -W error would not survive.
+    from opentelemetry.sdk._configuration import _initialize_components  # noqa: PLC0415
+
     hooks = inspect.signature(_initialize_components).parameters
     if "span_processors" in hooks:
         factories = {"traces": "export_span_processor", "logs": "export_log_record_processor"}
@@ -213,7 +216,7 @@ def initialize_components(
     logger_provider: Any = get_logger_provider()
     sdk_logs = hasattr(logger_provider, "add_log_record_processor")
     if not sdk_logs and asked.get("logs", ("", False))[1]:
-        # Before 1.25 no logger provider is set up unless the logging handler is asked for.
+        # Before 1.30 no logger provider is set up unless the logging handler is asked for.
         logger_provider = _sdk_logs.LoggerProvider(resource=tracer_provider.resource)
         set_logger_provider(logger_provider)
         sdk_logs = True

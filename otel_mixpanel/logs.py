@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import threading
 import time
 from typing import Any, Iterator, Sequence
 
@@ -34,6 +35,7 @@ from otel_mixpanel._inputs._exporter import OWN_LOGGER_PREFIX, MixpanelExporterB
 __all__ = ["MixpanelLogExporter", "logging_handler"]
 
 _logger = logging.getLogger(__name__)
+_handling = threading.local()
 
 
 class MixpanelLogExporter(MixpanelExporterBase, LogRecordExporter):
@@ -111,6 +113,17 @@ def logging_handler(logger_provider: Any = None, level: int = logging.NOTSET) ->
         ) from error
 
     class MixpanelLoggingHandler(handler_class):  # type: ignore[misc,valid-type]
+        def emit(self, record: logging.LogRecord) -> None:
+            # A line logged while a record is handled (older SDKs log one for each
+            # record after shutdown) must not come back here: no feedback loop.
+            if getattr(_handling, "active", False):
+                return
+            _handling.active = True
+            try:
+                super().emit(record)
+            finally:
+                _handling.active = False
+
         def _get_attributes(self, record: logging.LogRecord) -> Any:
             result = super()._get_attributes(record)
             attributes = result[0] if isinstance(result, tuple) else result

@@ -4,7 +4,7 @@ become Mixpanel events or spans, even with auto-instrumentation on."""
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter
+from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter, _compat
 from otel_mixpanel.logs import logging_handler
 from otel_mixpanel.testing import LocalMixpanel
 
@@ -75,3 +75,31 @@ def test_own_http_calls_create_no_spans(mixpanel: LocalMixpanel) -> None:
         provider.shutdown()
     assert len(mixpanel.events) == 1
     assert [s.name for s in memory.get_finished_spans()] == ["signup"]
+
+
+def test_a_line_logged_while_handling_a_record_does_not_come_back() -> None:
+    """A processor that logs while a record is handled (older SDKs do, after
+    shutdown) would feed the handler forever: the line is not handed back."""
+    seen: List[Any] = []
+
+    class Chatty(_compat.LogRecordProcessor):
+        def on_emit(self, log_data: Any) -> None:
+            seen.append(log_data)
+            logging.getLogger("chatty").warning("handling a record")
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
+    provider = LoggerProvider()
+    provider.add_log_record_processor(Chatty())
+    handler = logging_handler(provider)
+    logging.getLogger().addHandler(handler)
+    try:
+        logging.getLogger("app").warning("paid")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        provider.shutdown()
+    assert len(seen) == 1

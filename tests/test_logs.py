@@ -48,7 +48,7 @@ def test_emitted_record_arrives(mixpanel: LocalMixpanel, log_pipeline: Pipeline)
             "mixpanel.people.set": {"plan": "pro"},
         },
     )
-    assert provider.force_flush()
+    provider.force_flush()  # its batch processor answers None in SDK 1.33.x
     (event,) = mixpanel.events_named("Signed Up")
     props = event["properties"]
     assert (props["plan"], props["seats"], props["source"]) == ("pro", 3, "ad")

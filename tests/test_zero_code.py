@@ -97,3 +97,26 @@ def test_burst_sized_counting_queue_in_zero_code(mixpanel: LocalMixpanel, tmp_pa
     lines = result.stdout.splitlines()
     assert "OrderedSpanProcessor 20480" in lines
     assert "BatchSpanProcessor 2048" in lines
+
+
+def test_structlog_without_the_logging_handler(mixpanel: LocalMixpanel, tmp_path: Path) -> None:
+    """OTEL_LOGS_EXPORTER=mixpanel alone (no stdlib handler asked for) still gives
+    a logger provider for structlog events: the SDK sets none up before 1.30."""
+    app = tmp_path / "structlog_app.py"
+    app.write_text(
+        "import structlog\n"
+        "from otel_mixpanel.structlog import MixpanelProcessor\n"
+        "structlog.configure(\n"
+        "    processors=[MixpanelProcessor(), structlog.processors.JSONRenderer()])\n"
+        "structlog.get_logger().info('paid', mixpanel_event='Paid', mixpanel_user_id='u7',\n"
+        "                            mixpanel_properties={'plan': 'pro'})\n"
+    )
+    env = base_env(mixpanel)
+    del env["OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED"]
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_LOGS_EXPORTER="mixpanel")
+    result = instrument([], env, app)
+    assert result.returncode == 0, result.stderr
+    assert mixpanel.wait_for(lambda m: len(m.events) == 1)
+    (event,) = mixpanel.events
+    assert (event["event"], event["properties"]["distinct_id"]) == ("Paid", "u7")
+    assert event["properties"]["plan"] == "pro"
