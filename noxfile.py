@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import tempfile
 from typing import Dict, List, NamedTuple
 
 import nox
@@ -40,33 +41,35 @@ class Train(NamedTuple):
 
 
 def pinned(sdk: str, *, structlog: str = "structlog", flask: str = "flask") -> List[str]:
-    """One release train: SDK ``1.N.0`` goes with contrib ``0.(N+21)b0``."""
-    contrib = f"0.{int(sdk.split('.')[1]) + 21}b0"
+    """One release train: SDK ``1.N.x`` goes with the contrib packages ``0.(N+21)bx``."""
+    minor = int(sdk.split(".")[1])
+    contrib = f">=0.{minor + 21}b0,<0.{minor + 22}"
     otel = ["api", "sdk", "exporter-otlp-proto-http"]
-    instrumentation = ["distro", "instrumentation", "instrumentation-logging",
-                       "instrumentation-requests", "instrumentation-flask",
-                       "instrumentation-fastapi"]
     return [
-        *(f"opentelemetry-{name}=={sdk}.0" for name in otel),
-        *(f"opentelemetry-{name}=={contrib}" for name in instrumentation),
+        *(f"opentelemetry-{name}=={sdk}" for name in otel),
+        *(f"opentelemetry-{name}{contrib}" for name in instrumentation_packages(minor)),
         structlog, flask,
     ]
 
 
+def instrumentation_packages(minor: int) -> List[str]:
+    """The contrib packages tested with SDK ``1.<minor>``."""
+    names = ["distro", "instrumentation", "instrumentation-logging", "instrumentation-requests",
+             "instrumentation-flask", "instrumentation-fastapi"]
+    if minor >= 44:  # opentelemetry-instrumentation-structlog starts at 0.65b0
+        names.append("instrumentation-structlog")
+    return names
+
+
+NEWEST = "newest"
 MATRIX: Dict[str, Train] = {
     # The oldest SDK we support, on the oldest Python and structlog we declare.
-    "1.20": Train("3.9", pinned("1.20", structlog="structlog==23.1.0", flask="flask<3")),
-    "1.33": Train("3.10", pinned("1.33")),  # first with mapping-valued log attributes
-    "1.39": Train("3.12", pinned("1.39")),  # the log exporter names change
-    "1.40": Train("3.11", pinned("1.40")),  # configurator hooks, the new logging handler
-    # The newest of everything, on the newest Python here.
-    "newest": Train("3.13", [
-        "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http",
-        "opentelemetry-distro", "opentelemetry-instrumentation",
-        "opentelemetry-instrumentation-logging", "opentelemetry-instrumentation-requests",
-        "opentelemetry-instrumentation-flask", "opentelemetry-instrumentation-fastapi",
-        "opentelemetry-instrumentation-structlog", "structlog", "flask",
-    ]),
+    "1.20": Train("3.9", pinned("1.20.0", structlog="structlog==23.1.0", flask="flask<3")),
+    "1.33": Train("3.10", pinned("1.33.0")),  # first with mapping-valued log attributes
+    "1.39": Train("3.12", pinned("1.39.0")),  # the log exporter names change
+    "1.40": Train("3.11", pinned("1.40.0")),  # configurator hooks, the new logging handler
+    # The newest train (found when the session runs) on the newest Python here.
+    NEWEST: Train("3.13", []),
 }
 # What the tests need besides OpenTelemetry (pyproject's dev extra, without the
 # linters, the docs toolchain and the pinned train).
@@ -79,6 +82,24 @@ TEST_DEPENDENCIES = [
 NOT_VERSION_DEPENDENT = ["--deselect", "tests/test_docs.py::test_mkdocs_build_strict"]
 
 
+def newest_train(session: nox.Session) -> str:
+    """The API release of the newest complete train: the newest instrumentation
+    release that every package we test has (a registry may hold only some of a
+    new release), and the API its semantic conventions pin."""
+    available = None
+    for name in instrumentation_packages(44):
+        out = session.run("python", "-m", "pip", "index", "versions", "--pre",
+                          f"opentelemetry-{name}", silent=True, external=False)
+        line = next(x for x in str(out).splitlines() if x.startswith("Available versions:"))
+        versions = {v.strip() for v in line.split(":", 1)[1].split(",")}
+        available = versions if available is None else available & versions
+    newest = max(available or (), key=lambda v: [int(p) for p in v.replace("b", ".").split(".")])
+    session.install("-q", f"opentelemetry-semantic-conventions=={newest}")
+    api = session.run("python", "-c", "import importlib.metadata as m;"
+                      " print(m.version('opentelemetry-api'))", silent=True)
+    return str(api).strip()
+
+
 @nox.session
 @nox.parametrize(
     ("python", "sdk"),
@@ -86,9 +107,14 @@ NOT_VERSION_DEPENDENT = ["--deselect", "tests/test_docs.py::test_mkdocs_build_st
 )
 def compat(session: nox.Session, sdk: str) -> None:
     """Run the whole suite on one release train."""
-    train = MATRIX[sdk]
-    session.install("-q", "-e", ".", *TEST_DEPENDENCIES, *train.packages)
+    packages = MATRIX[sdk].packages
+    if sdk == NEWEST:
+        packages = pinned(newest_train(session))
+    session.install("-q", "-e", ".", *TEST_DEPENDENCIES, *packages)
     session.run("python", "-c", "import sys, importlib.metadata as m; print(sys.version.split()[0],"
                 " *(f'{p} {m.version(p)}' for p in ('opentelemetry-sdk', 'structlog')))")
-    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-rs",
+    # Its own temporary directory, as .ci/run runs two sessions at once, and
+    # outside the repository (a test's own pytest run must not find our config).
+    basetemp = tempfile.mkdtemp(prefix=f"otel-mixpanel-{sdk}-")
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-rs", f"--basetemp={basetemp}",
                 *NOT_VERSION_DEPENDENT, *session.posargs)

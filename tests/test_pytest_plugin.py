@@ -97,15 +97,15 @@ def test_an_app_that_needs_a_token_at_import_works_under_the_plugin(tmp_path: Pa
 
 
 def test_a_broken_install_never_breaks_an_unrelated_test_run(tmp_path: Path) -> None:
-    """When otel-mixpanel cannot load (here: the SDK's configuration module is
-    missing, as on an unsupported opentelemetry-sdk), an unrelated suite still
+    """When otel-mixpanel cannot load (here: the SDK's logs module is missing,
+    as on an unsupported opentelemetry-sdk), an unrelated suite still
     runs with --strict-config and our ini option set, the report header says
     why, and only a test asking for mixpanel_capture errors, with the reason."""
     breaker = tmp_path / "breaker"
     breaker.mkdir()
     # Python imports sitecustomize from sys.path at start-up, before pytest.
     (breaker / "sitecustomize.py").write_text(
-        "import sys\nsys.modules['opentelemetry.sdk._configuration'] = None\n"
+        "import sys\nsys.modules['opentelemetry.sdk._logs'] = None\n"
     )
     project = tmp_path / "project"
     project.mkdir()
@@ -128,6 +128,6 @@ def test_a_broken_install_never_breaks_an_unrelated_test_run(tmp_path: Path) -> 
     output = result.stdout + result.stderr
     assert "1 passed, 1 error" in output, output
     assert "Error while loading plugin" not in output
-    why = "(ModuleNotFoundError: import of opentelemetry.sdk._configuration halted"
+    why = "(ModuleNotFoundError: import of opentelemetry.sdk._logs halted"
     assert f"otel-mixpanel: pytest plugin off, the package could not load {why}" in output
     assert f"mixpanel_capture: otel-mixpanel could not load {why}" in output
