@@ -27,6 +27,7 @@ __all__ = [
     "LogRecordExporter",
     "LogRecordProcessor",
     "emit",
+    "exporter_of",
     "initialize_components",
     "log_resource",
     "logging_handler_class",
@@ -73,6 +74,18 @@ class LogRecordProcessor(_sdk_logs.LogRecordProcessor):
     def emit(self, log_data: Any) -> None:
         """The name before SDK 1.35."""
         self.on_emit(log_data)
+
+
+def exporter_of(processor: Any) -> Any:
+    """The exporter an SDK batch or simple processor feeds, or None: the batch
+    processors keep it on ``_batch_processor._exporter`` from 1.34; before, the
+    span processors on ``span_exporter`` and the log processors on ``_exporter``."""
+    for holder in (getattr(processor, "_batch_processor", None), processor):
+        for name in ("_exporter", "span_exporter"):
+            exporter = getattr(holder, name, None)
+            if exporter is not None:
+                return exporter
+    return None
 
 
 def log_resource(log_data: Any) -> Any:

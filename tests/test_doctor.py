@@ -76,3 +76,22 @@ def test_nothing_wired_and_no_credentials(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no Mixpanel credentials" in result.stdout
     assert "no Mixpanel exporter on the global tracer provider" in result.stdout
+
+
+HAND_BUILT = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from otel_mixpanel import MixpanelSpanExporter
+
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(MixpanelSpanExporter()))
+trace.set_tracer_provider(provider)
+"""
+
+
+def test_a_hand_built_batch_processor_counts(mixpanel: LocalMixpanel, tmp_path: Path) -> None:
+    """The SDK's own BatchSpanProcessor around our exporter counts, whatever the
+    SDK release keeps the exporter in."""
+    result = doctor(tmp_path, HAND_BUILT, environment(mixpanel))
+    assert "tagged spans reach Mixpanel" in result.stdout, result.stdout + result.stderr

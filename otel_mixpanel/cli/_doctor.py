@@ -107,16 +107,15 @@ def _inputs() -> Iterable[Finding]:
 
 
 def _ours(provider: Any, attribute: str) -> bool:
+    from otel_mixpanel._compat import exporter_of  # noqa: PLC0415
     from otel_mixpanel._inputs._exporter import MixpanelExporterBase  # noqa: PLC0415
 
     multi = getattr(provider, attribute, None)
     processors = getattr(multi, "_span_processors", None) or getattr(
         multi, "_log_record_processors", None) or ()
     for processor in processors:
-        for candidate in (processor, getattr(processor, "_batch_processor", None)):
-            exporter = getattr(candidate, "_exporter", None)
-            if isinstance(exporter, MixpanelExporterBase):
-                return True
+        if isinstance(exporter_of(processor), MixpanelExporterBase):
+            return True
         intake = getattr(processor, "_intake", None)
         if intake is not None and any(intake.exporters):
             return True
