@@ -86,11 +86,14 @@ def memory_log_exporter() -> Any:
 
 def logger_provider(resource: Resource, max_attributes: int) -> Any:
     """An SDK LoggerProvider keeping up to *max_attributes* per record: a setting
-    of the provider from 1.39; before, records keep the default 128."""
+    of the provider from 1.45; before, records keep the default 128."""
+    import inspect  # noqa: PLC0415
+
     from opentelemetry.sdk import _logs  # noqa: PLC0415
 
     limits = getattr(_logs, "LogRecordLimits", None)
-    if limits is None:
+    if limits is None or "log_record_limits" not in inspect.signature(
+            _logs.LoggerProvider.__init__).parameters:
         return _logs.LoggerProvider(resource=resource)
     return _logs.LoggerProvider(
-        resource=resource, log_record_limits=limits(max_log_record_attributes=max_attributes))
+        resource=resource, log_record_limits=limits(max_attributes=max_attributes))

@@ -339,3 +339,24 @@ def test_after_shutdown_only_tagged_telemetry_counts_as_lost(mixpanel: LocalMixp
     with tracer.start_as_current_span("tagged") as span:
         span.set_attribute("mixpanel.event", "Late")
     assert pipeline.stats()["dropped"] == {"exporter_shut_down": 1}
+
+
+def test_records_handed_over_at_interpreter_exit_are_still_sent(
+    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From Python 3.12 no thread starts while the interpreter exits, when an
+    atexit flush hands over the first records: shutdown sends them itself."""
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "otel-mixpanel-sender":
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url)
+    exporter.export(finished_spans(*({"mixpanel.event": f"E{i}"} for i in range(3))))
+    assert mixpanel.events == []  # no sender could start
+    exporter.shutdown()
+    assert sorted(e["event"] for e in mixpanel.events) == ["E0", "E1", "E2"]
+    assert exporter.stats()["dropped"] == {}

@@ -202,12 +202,19 @@ class SendingQueue:
 
     # Sending (the queue's own thread)
 
-    def _start_sender(self) -> None:
-        """Under the lock: a sender thread, unless one runs."""
+    def _start_sender(self) -> bool:
+        """Under the lock: a sender thread, unless one runs. False when none can
+        start: from Python 3.12 no thread starts once the interpreter is exiting
+        (close() then sends on its own thread)."""
         if self._sender is not None or self._closed:
-            return
-        self._sender = threading.Thread(target=self._run, name="otel-mixpanel-sender", daemon=True)
-        self._sender.start()
+            return self._sender is not None
+        sender = threading.Thread(target=self._run, name="otel-mixpanel-sender", daemon=True)
+        try:
+            sender.start()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            return False
+        self._sender = sender
+        return True
 
     def _run(self) -> None:
         # Like the batch processors around export(): our HTTP calls make no spans.
@@ -347,7 +354,9 @@ class SendingQueue:
             self._kick = True
             self._failures = min(self._failures, 1)
             waiting = self._backend.count()[0]
-            self._start_sender()
+            inline = not self._start_sender() and waiting > 0
+            if inline:
+                self._sender = threading.current_thread()
             self._cond.notify_all()
         if waiting:
             self._logger.info(
@@ -355,6 +364,8 @@ class SendingQueue:
                 records_text(waiting), max(0.0, budget),
             )
         self._wake.set()
+        if inline:  # the interpreter is exiting: this thread sends, within the budget
+            self._run()
         with self._locked():
             while self._backend.last_ticket() is not None and self._sender is not None:
                 remaining = self._deadline - time.monotonic()
@@ -366,13 +377,16 @@ class SendingQueue:
             in_flight_until = self._in_flight_until
             self._cond.notify_all()
         self._wake.set()
-        if sender is not None:
+        if sender is not None and sender is not threading.current_thread():
             # A request sent before shutdown began may still be on the wire: its
             # answer is awaited, but never past the budget.
             until = min(in_flight_until, self._deadline)
             sender.join(max(0.0, until - time.monotonic()) + 0.2)
         with self._locked():
-            self._abandoned = sender is not None and sender.is_alive()
+            self._abandoned = (
+                sender is not None and sender is not threading.current_thread()
+                and sender.is_alive()
+            )
             if self._abandoned:
                 self._forget_unsafe_in_flight()
             left, _ = self._backend.count()
