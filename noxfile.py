@@ -55,7 +55,8 @@ def pinned(sdk: str, *, structlog: str = "structlog", flask: str = "flask") -> L
 def instrumentation_packages(minor: int) -> List[str]:
     """The contrib packages tested with SDK ``1.<minor>``."""
     names = ["distro", "instrumentation", "instrumentation-logging", "instrumentation-requests",
-             "instrumentation-flask", "instrumentation-fastapi"]
+             "instrumentation-flask", "instrumentation-fastapi", "instrumentation-django",
+             "instrumentation-celery"]
     if minor >= 44:  # opentelemetry-instrumentation-structlog starts at 0.65b0
         names.append("instrumentation-structlog")
     return names
@@ -78,6 +79,7 @@ MATRIX: Dict[str, Train] = {
 TEST_DEPENDENCIES = [
     "pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "jsonschema>=4", "pyyaml>=6",
     "requests", "fastapi", "uvicorn", "httpx", "selenium>=4.20", "orjson>=3.9",
+    "flask-login", "django", "celery",
 ]
 # The site build depends on the docs toolchain, not on OpenTelemetry (the main
 # environment builds it; the docs' code blocks do run here).

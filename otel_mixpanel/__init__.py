@@ -11,6 +11,25 @@ from __future__ import annotations
 
 from otel_mixpanel._configure import MixpanelPipeline, configure
 from otel_mixpanel._exceptions import ConfigurationError, MixpanelError
+from otel_mixpanel._inputs._track import (
+    alias,
+    group_delete,
+    group_remove,
+    group_set,
+    group_set_once,
+    group_union,
+    group_unset,
+    people_append,
+    people_delete,
+    people_increment,
+    people_remove,
+    people_set,
+    people_set_once,
+    people_track_charge,
+    people_union,
+    people_unset,
+    track,
+)
 from otel_mixpanel._queue._retry import RetryPolicy
 from otel_mixpanel._version import __version__
 from otel_mixpanel.identity import (
@@ -31,6 +50,23 @@ __all__ = [
     "MixpanelSpanExporter",
     "RetryPolicy",
     "__version__",
+    "alias",
     "bind_identity",
     "configure",
+    "group_delete",
+    "group_remove",
+    "group_set",
+    "group_set_once",
+    "group_union",
+    "group_unset",
+    "people_append",
+    "people_delete",
+    "people_increment",
+    "people_remove",
+    "people_set",
+    "people_set_once",
+    "people_track_charge",
+    "people_union",
+    "people_unset",
+    "track",
 ]

@@ -40,9 +40,9 @@ _IDENTITY_KEY = context.create_key("otel_mixpanel.identity")
 # Where the API keeps baggage in a Context; private, so the fast path in
 # on_start is skipped if a release renames it.
 _BAGGAGE_KEY: Optional[str] = getattr(baggage, "_BAGGAGE_KEY", None)
-IDENTITY_ATTRIBUTES = tuple(
-    c.NAME_OF_FIELD[field] for field in (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID)
-)
+# The ids travel as baggage with propagate=True; the client IP never leaves the process.
+ID_ATTRIBUTES = tuple(c.NAME_OF_FIELD[field] for field in (c.DISTINCT_ID, c.USER_ID, c.DEVICE_ID))
+IDENTITY_ATTRIBUTES = (*ID_ATTRIBUTES, c.NAME_OF_FIELD[c.IP])
 _UNDERSCORED = {name: name.replace(".", "_") for name in IDENTITY_ATTRIBUTES}
 
 
@@ -52,6 +52,7 @@ def bind_identity(
     *,
     user_id: Optional[str] = None,
     device_id: Optional[str] = None,
+    ip: Optional[str] = None,
     propagate: bool = False,
 ) -> Iterator[None]:
     """Make these ids the identity of everything tagged inside the block.
@@ -59,9 +60,10 @@ def bind_identity(
     Nested bindings add to (and override) the outer one. Attributes set on a
     span or record itself always win over the bound identity. The span that is
     current when binding (typically the request's server span, started by an
-    instrumentation before any middleware runs) is stamped too.
+    instrumentation before any middleware runs) is stamped too. *ip* (the
+    client's address, for Mixpanel's geolocation) is never propagated.
     """
-    given = zip(IDENTITY_ATTRIBUTES, (distinct_id, user_id, device_id))
+    given = zip(IDENTITY_ATTRIBUTES, (distinct_id, user_id, device_id, ip))
     values = {name: str(value) for name, value in given if value is not None}
     current = trace.get_current_span()
     if current.is_recording():
@@ -72,7 +74,8 @@ def bind_identity(
     ctx = context.set_value(_IDENTITY_KEY, bound)
     if propagate:
         for name, value in values.items():
-            ctx = baggage.set_baggage(name, value, context=ctx)
+            if name in ID_ATTRIBUTES:
+                ctx = baggage.set_baggage(name, value, context=ctx)
     token = context.attach(ctx)
     try:
         yield
@@ -85,7 +88,7 @@ def current_identity(ctx: Optional[context.Context] = None) -> Dict[str, str]:
     identity: Dict[str, str] = {}
     entries = baggage.get_all(ctx)
     if entries:
-        for name in IDENTITY_ATTRIBUTES:
+        for name in ID_ATTRIBUTES:
             value = entries.get(name)
             if isinstance(value, str) and value:
                 identity[name] = value
