@@ -11,11 +11,12 @@ raises into the application.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import threading
 import time as _clock
 from collections.abc import Mapping
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, TypeVar
 
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger_provider
 
@@ -47,8 +48,26 @@ _logger = logging.getLogger("otel_mixpanel")
 # our own log lines.
 SCOPE = "mixpanel"
 _warned = threading.Event()
+_last_ns = [0]
+_clock_lock = threading.Lock()
+_Call = TypeVar("_Call", bound=Callable[..., None])
 
 
+def _never_raises(call: _Call) -> _Call:
+    """The application's call must never fail because of us, whatever it passed."""
+
+    @functools.wraps(call)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            call(*args, **kwargs)
+        except Exception:
+            _logger.exception("otel_mixpanel.%s(): the record could not be emitted",
+                              call.__name__)
+
+    return guarded  # type: ignore[return-value]
+
+
+@_never_raises
 def track(
     event: str,
     properties: Optional[Mapping[str, Any]] = None,
@@ -72,19 +91,22 @@ def track(
 
         otel_mixpanel.track("Signed Up", {"plan": "pro"}, user_id="u1")
     """
-    _emit(event, {
-        "mixpanel.event": event,
-        "mixpanel.properties": dict(properties or {}),
+    _emit(event if isinstance(event, str) else "event", {
+        # Not a str (None, a number): sent empty, so the pipeline counts it
+        # (invalid_event_name) instead of sending a made-up name.
+        "mixpanel.event": event if isinstance(event, str) else "",
+        "mixpanel.properties": _mapping(properties, optional=True),
         "mixpanel.distinct_id": distinct_id,
         "mixpanel.user_id": user_id,
         "mixpanel.device_id": device_id,
         "mixpanel.ip": ip,
         "mixpanel.time": _time(time),
         "mixpanel.insert_id": insert_id,
-        "mixpanel.groups": dict(groups or {}),
+        "mixpanel.groups": _mapping(groups, optional=True),
     }, logger_provider)
 
 
+@_never_raises
 def alias(
     alias_id: str, original: str, *, logger_provider: Optional[LoggerProvider] = None
 ) -> None:
@@ -94,6 +116,7 @@ def alias(
           logger_provider)
 
 
+@_never_raises
 def people_set(distinct_id: str, properties: Mapping[str, Any], **options: Any) -> None:
     """``$set`` profile properties of user *distinct_id*.
 
@@ -104,52 +127,62 @@ def people_set(distinct_id: str, properties: Mapping[str, Any], **options: Any) 
     _people("set", distinct_id, properties, **options)
 
 
+@_never_raises
 def people_set_once(distinct_id: str, properties: Mapping[str, Any], **options: Any) -> None:
     """``$set_once``: set the properties that the profile does not have yet."""
     _people("set_once", distinct_id, properties, **options)
 
 
+@_never_raises
 def people_increment(distinct_id: str, properties: Mapping[str, float], **options: Any) -> None:
     """``$add`` to numeric profile properties (negative numbers decrement)."""
     _people("add", distinct_id, properties, **options)
 
 
+@_never_raises
 def people_append(distinct_id: str, properties: Mapping[str, Any], **options: Any) -> None:
     """``$append`` each value to its list property."""
     _people("append", distinct_id, properties, **options)
 
 
+@_never_raises
 def people_union(distinct_id: str, properties: Mapping[str, Any], **options: Any) -> None:
     """``$union`` each sequence into its list property."""
     _people("union", distinct_id, properties, **options)
 
 
+@_never_raises
 def people_remove(distinct_id: str, properties: Mapping[str, Any], **options: Any) -> None:
     """``$remove`` each value from its list property."""
     _people("remove", distinct_id, properties, **options)
 
 
+@_never_raises
 def people_unset(distinct_id: str, names: Iterable[str], **options: Any) -> None:
     """``$unset`` these profile properties."""
-    _profile(distinct_id, {"mixpanel.people.unset": list(names)}, **options)
+    _profile(distinct_id, {"mixpanel.people.unset": _names(names)}, **options)
 
 
+@_never_raises
 def people_delete(distinct_id: str, **options: Any) -> None:
     """``$delete`` the user profile."""
     _profile(distinct_id, {"mixpanel.people.delete": True}, **options)
 
 
+@_never_raises
 def people_track_charge(
     distinct_id: str, amount: float, properties: Optional[Mapping[str, Any]] = None,
     **options: Any,
 ) -> None:
     """Record revenue: ``$append`` to ``$transactions`` (with ``$amount`` and ``$time``)."""
+    extras = _mapping(properties, optional=True)
     _profile(distinct_id, {"mixpanel.people.track_charge": amount, **{
         f"mixpanel.people.track_charge.{name}": value
-        for name, value in (properties or {}).items()
+        for name, value in (extras.items() if isinstance(extras, dict) else ())
     }}, **options)
 
 
+@_never_raises
 def group_set(group_key: str, group_id: str, properties: Mapping[str, Any], **options: Any) -> None:
     """``$set`` properties of the group profile *group_key* = *group_id*.
 
@@ -157,35 +190,40 @@ def group_set(group_key: str, group_id: str, properties: Mapping[str, Any], **op
 
         otel_mixpanel.group_set("company", "acme", {"plan": "enterprise"})
     """
-    _group(group_key, group_id, {"mixpanel.group.set": dict(properties)}, **options)
+    _group(group_key, group_id, {"mixpanel.group.set": _mapping(properties)}, **options)
 
 
+@_never_raises
 def group_set_once(
     group_key: str, group_id: str, properties: Mapping[str, Any], **options: Any
 ) -> None:
     """``$set_once`` properties of a group profile."""
-    _group(group_key, group_id, {"mixpanel.group.set_once": dict(properties)}, **options)
+    _group(group_key, group_id, {"mixpanel.group.set_once": _mapping(properties)}, **options)
 
 
+@_never_raises
 def group_union(
     group_key: str, group_id: str, properties: Mapping[str, Any], **options: Any
 ) -> None:
     """``$union`` each sequence into a list property of a group profile."""
-    _group(group_key, group_id, {"mixpanel.group.union": dict(properties)}, **options)
+    _group(group_key, group_id, {"mixpanel.group.union": _mapping(properties)}, **options)
 
 
+@_never_raises
 def group_remove(
     group_key: str, group_id: str, properties: Mapping[str, Any], **options: Any
 ) -> None:
     """``$remove`` each value from a list property of a group profile."""
-    _group(group_key, group_id, {"mixpanel.group.remove": dict(properties)}, **options)
+    _group(group_key, group_id, {"mixpanel.group.remove": _mapping(properties)}, **options)
 
 
+@_never_raises
 def group_unset(group_key: str, group_id: str, names: Iterable[str], **options: Any) -> None:
     """``$unset`` these properties of a group profile."""
-    _group(group_key, group_id, {"mixpanel.group.unset": list(names)}, **options)
+    _group(group_key, group_id, {"mixpanel.group.unset": _names(names)}, **options)
 
 
+@_never_raises
 def group_delete(group_key: str, group_id: str, **options: Any) -> None:
     """``$delete`` the group profile."""
     _group(group_key, group_id, {"mixpanel.group.delete": True}, **options)
@@ -194,7 +232,8 @@ def group_delete(group_key: str, group_id: str, **options: Any) -> None:
 def _people(
     operation: str, distinct_id: str, properties: Mapping[str, Any], **options: Any
 ) -> None:
-    _profile(distinct_id, {f"mixpanel.people.{operation}": dict(properties)}, **options)
+    _profile(distinct_id, {f"mixpanel.people.{operation}": _mapping(properties)},
+             **options)
 
 
 def _profile(
@@ -213,9 +252,39 @@ def _group(
                            **attributes}, logger_provider)
 
 
+def _mapping(value: Any, optional: bool = False) -> Any:
+    """A mapping as a dict; None as absent when *optional*. Anything else
+    becomes its type's name: a str, which a log attribute can hold (the SDK
+    would drop some values silently) and the pipeline refuses and counts
+    (``not_a_mapping``), without the value itself travelling anywhere."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if value is None and optional:
+        return None
+    return f"<{type(value).__name__}>"
+
+
+def _names(value: Any) -> Any:
+    """Property names as a list; one str is one name, not its letters."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Iterable):
+        return list(value)
+    return None
+
+
 def _time(value: Any) -> Any:
     # A log attribute cannot hold a datetime; the convention reads ISO-8601.
     return value.isoformat() if isinstance(value, datetime.datetime) else value
+
+
+def _timestamp() -> int:
+    """Now, in ns, never the same twice: the record's time is part of its
+    ``$insert_id``, so two identical calls within one tick of a coarse clock
+    (Windows before Python 3.13: 15.6 ms) must still get different ones."""
+    with _clock_lock:
+        _last_ns[0] = max(_clock.time_ns(), _last_ns[0] + 1)
+        return _last_ns[0]
 
 
 def _emit(body: str, attributes: Dict[str, Any], logger_provider: Optional[LoggerProvider]) -> None:
@@ -232,7 +301,7 @@ def _emit(body: str, attributes: Dict[str, Any], logger_provider: Optional[Logge
         _compat.emit(
             provider.get_logger(SCOPE), body=body,
             attributes=tags if _compat.LOG_MAPPINGS else flat_attributes(tags),
-            timestamp=_clock.time_ns(), severity_number=SeverityNumber.INFO, severity_text="INFO",
+            timestamp=_timestamp(), severity_number=SeverityNumber.INFO, severity_text="INFO",
         )
     except Exception:  # the application's call must never fail because of us
         _logger.exception("otel_mixpanel.track(): the record could not be emitted")

@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Union
 from urllib.parse import unquote
 
 from otel_mixpanel._exceptions import ConfigurationError
@@ -92,9 +92,11 @@ class RequestIdentity:
         peer: Optional[str],
         forwarded_for: Optional[str] = None,
         user: Any = None,
-    ) -> Iterator[None]:
-        """Bind the request's identity for the block. *user* is the framework's
-        authenticated user id, if any. Never raises for a bad request."""
+    ) -> Iterator[Dict[str, str]]:
+        """Bind the request's identity for the block; yields the ids, which
+        :meth:`rebind` binds again (a body streamed after the handler returned).
+        *user* is the framework's authenticated user id, if any. Never raises
+        for a bad request."""
         ids = self._from_callback(request)
         if "user_id" not in ids and "distinct_id" not in ids and user is not None:
             ids["user_id"] = str(user)
@@ -106,10 +108,14 @@ class RequestIdentity:
             address = self.client_ip(peer, forwarded_for)
             if address is not None:
                 ids["ip"] = address
-        with bind_identity(**ids, propagate=self.propagate):
+        with self.rebind(ids):
             if properties:
                 people_set(ids.get("user_id") or ids.get("distinct_id") or "", properties)
-            yield
+            yield ids
+
+    def rebind(self, ids: Mapping[str, str]) -> ContextManager[None]:
+        """Bind ids that :meth:`bind` resolved, again."""
+        return bind_identity(**ids, propagate=self.propagate)
 
     def client_ip(self, peer: Optional[str], forwarded_for: Optional[str]) -> Optional[str]:
         """The client's address: *peer*, unless *peer* is a trusted proxy; then

@@ -11,20 +11,20 @@ or, with an application factory, ``mixpanel = MixpanelFlask()`` then
 ``mixpanel.init_app(app)``. The user is, in order: what *identify* returns,
 Flask-Login's ``current_user`` when it is authenticated. Options are those of
 :class:`~otel_mixpanel.web.RequestIdentity`. A streamed response keeps the
-identity while it streams when its generator is wrapped in Flask's
-``stream_with_context``, as Flask requires for the request context too.
+identity while its body streams, after the view has returned.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 from otel_mixpanel.web._identity import RequestIdentity
 
 __all__ = ["MixpanelFlask"]
 
 _STACK = "_otel_mixpanel_identity"
+_IDS = "_otel_mixpanel_ids"
 
 
 class MixpanelFlask:
@@ -37,24 +37,58 @@ class MixpanelFlask:
 
     def init_app(self, app: Any) -> None:
         """Bind the identity from ``before_request`` to ``teardown_request``."""
+        from flask import request_started  # noqa: PLC0415
+
         app.before_request(self._enter)
+        app.after_request(self._streamed)
         app.teardown_request(self._exit)
+        # The OpenTelemetry instrumentation's before_request attaches a context
+        # built from the request headers alone: ours must run after it, even
+        # when the app was instrumented after this extension was added.
+        request_started.connect(self._last, app, weak=False)
         app.extensions["otel_mixpanel"] = self
+
+    def _last(self, sender: Any, **extra: Any) -> None:
+        hooks = sender.before_request_funcs.setdefault(None, [])
+        if hooks and hooks[-1] != self._enter:
+            hooks.remove(self._enter)
+            hooks.append(self._enter)
 
     def _enter(self) -> None:
         from flask import g, request  # noqa: PLC0415
 
         stack = contextlib.ExitStack()
-        stack.enter_context(self.identity.bind(
+        ids = stack.enter_context(self.identity.bind(
             request, cookies=request.cookies, peer=request.remote_addr,
             forwarded_for=request.headers.get("X-Forwarded-For"), user=_login_user(),
         ))
         setattr(g, _STACK, stack)
+        setattr(g, _IDS, ids)
+
+    def _streamed(self, response: Any) -> Any:
+        from flask import g  # noqa: PLC0415
+
+        ids = g.get(_IDS)
+        if ids is not None and response.is_streamed:
+            # The body is produced after teardown_request (Flask 3.1 tears the
+            # request down when the view returns, stream_with_context or not).
+            response.response = self._stream(response.response, ids)
+        return response
+
+    def _stream(self, body: Iterable[Any], ids: Dict[str, str]) -> Iterator[Any]:
+        try:
+            with self.identity.rebind(ids):
+                yield from body
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
 
     def _exit(self, error: Optional[BaseException] = None) -> None:
         from flask import g  # noqa: PLC0415
 
         stack = g.pop(_STACK, None)
+        g.pop(_IDS, None)
         if stack is not None:
             stack.close()
 
