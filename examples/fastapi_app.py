@@ -1,13 +1,18 @@
-"""A FastAPI shop: identity bound once per request, tagged spans and a structlog line.
+"""A FastAPI shop: one middleware line binds each request's identity.
 
 Run it::
 
     python examples/fastapi_app.py
 
-It serves the app with uvicorn on 127.0.0.1, plays two users signing up and
-buying, and prints what Mixpanel received (a local Mixpanel unless
-``OTEL_EXPORTER_MIXPANEL_TOKEN`` is set). Needs ``fastapi``, ``uvicorn`` and
-``opentelemetry-instrumentation-fastapi``.
+It serves the app with uvicorn on 127.0.0.1, plays two users signing up,
+buying and downloading a receipt, and prints what Mixpanel received (a local
+Mixpanel unless ``OTEL_EXPORTER_MIXPANEL_TOKEN`` is set). Needs ``fastapi``,
+``uvicorn`` and ``opentelemetry-instrumentation-fastapi``.
+
+``MixpanelMiddleware`` binds the user for everything the request does: the
+server span, structlog events, ``otel_mixpanel.track()`` calls, the body of a
+``StreamingResponse`` while it streams, and background tasks after the
+response is sent. No endpoint passes a user id.
 """
 
 from __future__ import annotations
@@ -17,44 +22,49 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import Any, AsyncIterator, Dict, Optional
 
 import requests
 import structlog
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.responses import StreamingResponse
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 import otel_mixpanel
-from otel_mixpanel import bind_identity
 from otel_mixpanel.structlog import MixpanelProcessor
 from otel_mixpanel.testing import LocalMixpanel
+from otel_mixpanel.web.asgi import MixpanelMiddleware
 
 log = structlog.get_logger("shop")
 
 
-def create_app() -> FastAPI:
-    """The application: a middleware binds the user, endpoints tag their span."""
-    app = FastAPI()
+def current_user(request: Request) -> Optional[str]:
+    """Who is asking. A real application reads its authentication here (or
+    leaves ``identify`` out: an authenticated ``scope["user"]`` is used); a
+    header keeps the demo short."""
+    return request.headers.get("x-user-id")
 
-    @app.middleware("http")
-    async def bind_user(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        user_id = request.headers.get("x-user-id")
-        if not user_id:
-            return await call_next(request)
-        with bind_identity(user_id=user_id):
-            return await call_next(request)
+
+def send_welcome_email(plan: str) -> None:
+    """A background task: it runs after the response was sent, still as the user."""
+    otel_mixpanel.track("Welcome Email Sent", {"plan": plan})
+
+
+def create_app() -> FastAPI:
+    """The application: the middleware binds the user, endpoints only tag."""
+    app = FastAPI()
+    app.add_middleware(MixpanelMiddleware, identify=current_user)
 
     @app.post("/signup")
-    async def signup(body: Dict[str, Any]) -> Dict[str, bool]:
+    async def signup(body: Dict[str, Any], background: BackgroundTasks) -> Dict[str, bool]:
         span = trace.get_current_span()
         span.set_attribute("mixpanel.event", "Signed Up")
         span.set_attribute("mixpanel.properties.plan", body["plan"])
         span.set_attribute("mixpanel.people.set.plan", body["plan"])
         log.info("welcome email queued", mixpanel_event="Welcome Email Queued")
+        background.add_task(send_welcome_email, body["plan"])
         return {"ok": True}
 
     @app.post("/purchase")
@@ -67,8 +77,18 @@ def create_app() -> FastAPI:
         span.set_attribute("mixpanel.people.track_charge", body["amount"])
         return {"ok": True}
 
-    # Instrument after the routes and middleware exist, so the server span
-    # encloses the identity middleware.
+    @app.get("/receipt/{sku}")
+    async def receipt(sku: str) -> StreamingResponse:
+        async def lines() -> AsyncIterator[str]:
+            yield f"receipt for {sku}\n"
+            yield "total: 19.00\n"
+            # The endpoint has returned by now; the identity is still bound.
+            otel_mixpanel.track("Receipt Downloaded", {"sku": sku})
+
+        return StreamingResponse(lines(), media_type="text/plain")
+
+    # Instrument after the middleware is added, so the server span encloses it
+    # and gets the identity too.
     FastAPIInstrumentor.instrument_app(app)
     return app
 
@@ -86,32 +106,39 @@ def configure_structlog() -> None:
 class BackgroundServer:
     """uvicorn on a free loopback port, in a thread, until stop()."""
 
-    def __init__(self, app: FastAPI) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+    def __init__(self, app: Any) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       daemon=True)
 
     def start(self) -> str:
         self.thread.start()
         deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
+        if not self.server.started:
+            raise RuntimeError("uvicorn did not start")
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.socket.close()
 
 
 def play(base_url: str, user_id: str, plan: str, sku: str) -> None:
     """One user's visit."""
-    headers = {"X-User-Id": user_id}
-    requests.post(f"{base_url}/signup", json={"plan": plan}, headers=headers, timeout=10)
-    requests.post(f"{base_url}/purchase", json={"sku": sku, "amount": 19.0}, headers=headers,
-                  timeout=10)
+    with requests.Session() as session:
+        session.headers["X-User-Id"] = user_id
+        session.post(f"{base_url}/signup", json={"plan": plan}, timeout=10).raise_for_status()
+        session.post(f"{base_url}/purchase", json={"sku": sku, "amount": 19.0},
+                     timeout=10).raise_for_status()
+        session.get(f"{base_url}/receipt/{sku}", timeout=10).raise_for_status()
 
 
 def main() -> int:
@@ -131,7 +158,7 @@ def main() -> int:
         for visit in visits:
             visit.join(timeout=30)
     finally:
-        server.stop()
+        server.stop()  # waits for the background tasks
         pipeline.shutdown()
     if local is not None:
         for event in local.unique_events():

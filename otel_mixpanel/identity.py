@@ -18,6 +18,7 @@ this library and a baggage propagator (the default) inherit it.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
@@ -37,6 +38,12 @@ __all__ = [
 ]
 
 _IDENTITY_KEY = context.create_key("otel_mixpanel.identity")
+# The same binding outside the OpenTelemetry context: an instrumentation that
+# attaches a context extracted from the request headers alone (Flask's
+# before_request, FastAPI's own tracing, the ASGI middleware without a current
+# span) replaces that context, and the identity must survive it.
+_BOUND: contextvars.ContextVar[Optional[Dict[str, str]]] = contextvars.ContextVar(
+    "otel_mixpanel_identity", default=None)
 # Where the API keeps baggage in a Context; private, so the fast path in
 # on_start is skipped if a release renames it.
 _BAGGAGE_KEY: Optional[str] = getattr(baggage, "_BAGGAGE_KEY", None)
@@ -77,9 +84,11 @@ def bind_identity(
             if name in ID_ATTRIBUTES:
                 ctx = baggage.set_baggage(name, value, context=ctx)
     token = context.attach(ctx)
+    outside = _BOUND.set({**(_BOUND.get() or {}), **values})
     try:
         yield
     finally:
+        _BOUND.reset(outside)
         context.detach(token)
 
 
@@ -93,7 +102,9 @@ def current_identity(ctx: Optional[context.Context] = None) -> Dict[str, str]:
             if isinstance(value, str) and value:
                 identity[name] = value
     bound = context.get_value(_IDENTITY_KEY, ctx)
-    if isinstance(bound, Mapping):
+    if not isinstance(bound, Mapping):  # a context that replaced ours
+        bound = _BOUND.get()
+    if bound:
         identity.update(bound)
     return identity
 
@@ -118,7 +129,8 @@ class MixpanelIdentitySpanProcessor(SpanProcessor):
         # Runs on the application's thread for every span: leave at once when
         # nothing is bound and no baggage came in (the common case).
         ctx = parent_context if parent_context is not None else context.get_current()
-        if _BAGGAGE_KEY is not None and not ctx.get(_IDENTITY_KEY) and not ctx.get(_BAGGAGE_KEY):
+        if (_BAGGAGE_KEY is not None and not ctx.get(_IDENTITY_KEY) and not ctx.get(_BAGGAGE_KEY)
+                and _BOUND.get() is None):
             return
         identity = current_identity(ctx)
         if identity:

@@ -178,3 +178,27 @@ def test_bound_identity_wins_over_baggage_and_nests() -> None:
             "mixpanel.distinct_id": "outer", "mixpanel.user_id": "inner",
         }
     assert current_identity() == {}
+
+
+def test_identity_survives_a_context_an_instrumentation_replaces(
+    mixpanel: LocalMixpanel, tracer_provider: TracerProvider, log_pipeline: Pipeline
+) -> None:
+    """Instrumentations attach a context extracted from the request headers
+    alone (Flask's before_request, FastAPI's own tracing): a binding made
+    before them, outside, still tags the request's spans and records."""
+    from opentelemetry import context  # noqa: PLC0415
+
+    logger_provider, _ = log_pipeline
+    with bind_identity(user_id="u-outer"):
+        token = context.attach(propagate.extract({}))  # a fresh context, as they do
+        try:
+            assert current_identity(context.get_current())["mixpanel.user_id"] == "u-outer"
+            with tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+                span.set_attribute("mixpanel.event", "Inner Span")
+            log(logger_provider.get_logger("app"), attributes={"mixpanel.event": "Inner Log"})
+        finally:
+            context.detach(token)
+    assert current_identity() == {}
+    tracer_provider.force_flush()
+    logger_provider.force_flush()
+    assert distinct_ids_by_event(mixpanel) == {"Inner Span": "u-outer", "Inner Log": "u-outer"}

@@ -9,11 +9,15 @@ everything the request does, streaming responses and background tasks included.
     app.add_middleware(MixpanelMiddleware, trusted_proxies=["10.0.0.0/8"])
     # or, for any ASGI application: app = MixpanelMiddleware(app)
 
-It is pure ASGI (no ``BaseHTTPMiddleware``), so the identity stays bound while
-the response streams and while Starlette's background tasks run. *identify*
-gets a Starlette ``Request`` when Starlette is installed, else the ASGI scope.
-The user is, in order: what *identify* returns, an authenticated
-``scope["user"]`` (Starlette's ``AuthenticationMiddleware``, its ``identity``).
+The identity stays bound while the response streams and while Starlette's
+background tasks run. It is pure ASGI: it covers WebSockets too and adds no task
+or stream per request. Put it inside OpenTelemetry's server instrumentation
+(``add_middleware`` does): outside, the request's telemetry is still tagged,
+but the ids it puts in baggage do not reach downstream services. *identify*
+gets a Starlette ``Request`` (for a WebSocket, its ``HTTPConnection``) when
+Starlette is installed, else the ASGI scope. The user is, in order: what
+*identify* returns, an authenticated ``scope["user"]`` (Starlette's
+``AuthenticationMiddleware``, its ``identity``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 class MixpanelMiddleware:
     """Pure ASGI middleware binding each HTTP and WebSocket request's identity."""
 
-    def __init__(self, app: ASGIApp, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, **options: Any) -> None:
         self.app = app
         self.identity = RequestIdentity(**options)
 
@@ -56,7 +60,9 @@ def _headers(scope: Scope) -> Dict[str, str]:
     for name, value in scope.get("headers") or ():
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
-        found[key] = f"{found[key]}, {text}" if key in found else text
+        # Cookies split over several headers (HTTP/2) rejoin as one Cookie header would.
+        separator = "; " if key == "cookie" else ", "
+        found[key] = f"{found[key]}{separator}{text}" if key in found else text
     return found
 
 
@@ -74,10 +80,11 @@ def _cookies(header: str) -> Dict[str, str]:
 
 def _request(scope: Scope) -> Any:
     try:
-        from starlette.requests import Request  # noqa: PLC0415
+        from starlette.requests import HTTPConnection, Request  # noqa: PLC0415
     except ImportError:
         return scope
-    return Request(scope)
+    # A Request is for HTTP only; a WebSocket gets the HTTPConnection (headers, cookies, user).
+    return Request(scope) if scope["type"] == "http" else HTTPConnection(scope)
 
 
 def _user(scope: Scope) -> Optional[str]:
