@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, NamedTuple, Optional
 
 from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -38,11 +38,16 @@ __all__ = [
 ]
 
 _IDENTITY_KEY = context.create_key("otel_mixpanel.identity")
+
+
+class _Binding(NamedTuple):
+    values: Dict[str, str]
+    trust_baggage: bool  # False at a public edge: a client can send any baggage
 # The same binding outside the OpenTelemetry context: an instrumentation that
 # attaches a context extracted from the request headers alone (Flask's
 # before_request, FastAPI's own tracing, the ASGI middleware without a current
 # span) replaces that context, and the identity must survive it.
-_BOUND: contextvars.ContextVar[Optional[Dict[str, str]]] = contextvars.ContextVar(
+_BOUND: contextvars.ContextVar[Optional[_Binding]] = contextvars.ContextVar(
     "otel_mixpanel_identity", default=None)
 # Where the API keeps baggage in a Context; private, so the fast path in
 # on_start is skipped if a release renames it.
@@ -61,6 +66,7 @@ def bind_identity(
     device_id: Optional[str] = None,
     ip: Optional[str] = None,
     propagate: bool = False,
+    trust_baggage: bool = True,
 ) -> Iterator[None]:
     """Make these ids the identity of everything tagged inside the block.
 
@@ -69,6 +75,9 @@ def bind_identity(
     current when binding (typically the request's server span, started by an
     instrumentation before any middleware runs) is stamped too. *ip* (the
     client's address, for Mixpanel's geolocation) is never propagated.
+    ``trust_baggage=False`` (what the web middlewares do at a public edge)
+    ignores the ``mixpanel.*`` baggage the request came with, and takes it out
+    of the context, since any client can send a baggage header.
     """
     given = zip(IDENTITY_ATTRIBUTES, (distinct_id, user_id, device_id, ip))
     values = {name: str(value) for name, value in given if value is not None}
@@ -76,15 +85,21 @@ def bind_identity(
     if current.is_recording():
         for name, value in _fill(getattr(current, "attributes", None) or {}, values).items():
             current.set_attribute(name, value)
-    bound = dict(context.get_value(_IDENTITY_KEY) or {})  # type: ignore[call-overload]
-    bound.update(values)
-    ctx = context.set_value(_IDENTITY_KEY, bound)
+    outer = _binding(None)
+    binding = _Binding(
+        {**(outer.values if outer else {}), **values},
+        trust_baggage and (outer is None or outer.trust_baggage),
+    )
+    ctx = context.set_value(_IDENTITY_KEY, binding)
+    if not binding.trust_baggage:
+        for name in ID_ATTRIBUTES:
+            ctx = baggage.remove_baggage(name, context=ctx)
     if propagate:
         for name, value in values.items():
             if name in ID_ATTRIBUTES:
                 ctx = baggage.set_baggage(name, value, context=ctx)
     token = context.attach(ctx)
-    outside = _BOUND.set({**(_BOUND.get() or {}), **values})
+    outside = _BOUND.set(binding)
     try:
         yield
     finally:
@@ -95,18 +110,23 @@ def bind_identity(
 def current_identity(ctx: Optional[context.Context] = None) -> Dict[str, str]:
     """The identity attributes in force: bound in-process, else from baggage."""
     identity: Dict[str, str] = {}
-    entries = baggage.get_all(ctx)
+    binding = _binding(ctx)
+    entries = baggage.get_all(ctx) if binding is None or binding.trust_baggage else None
     if entries:
         for name in ID_ATTRIBUTES:
             value = entries.get(name)
             if isinstance(value, str) and value:
                 identity[name] = value
-    bound = context.get_value(_IDENTITY_KEY, ctx)
-    if not isinstance(bound, Mapping):  # a context that replaced ours
-        bound = _BOUND.get()
-    if bound:
-        identity.update(bound)
+    if binding is not None:
+        identity.update(binding.values)
     return identity
+
+
+def _binding(ctx: Optional[context.Context]) -> Optional[_Binding]:
+    binding = context.get_value(_IDENTITY_KEY, ctx)
+    if isinstance(binding, _Binding):
+        return binding
+    return _BOUND.get()  # a context that replaced ours (an instrumentation's)
 
 
 def _fill(attributes: Mapping[str, Any], identity: Dict[str, str]) -> Dict[str, str]:

@@ -102,3 +102,22 @@ def test_the_ip_is_bound_but_never_propagated_as_baggage() -> None:
 def test_bad_options_are_refused(options: Dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         RequestIdentity(**options)
+
+
+def test_a_clients_baggage_cannot_choose_the_user() -> None:
+    """Any client can send ``baggage: mixpanel.user_id=victim``: at the edge it is
+    ignored and taken out of the context (so it is not propagated either),
+    unless the service is told to trust it."""
+    from opentelemetry import baggage, context  # noqa: PLC0415
+
+    forged = context.attach(baggage.set_baggage(
+        "mixpanel.user_id", "victim", context=baggage.set_baggage("mixpanel.device_id", "d-x")))
+    try:
+        with RequestIdentity().bind(None, cookies={}, peer=None):
+            assert current_identity() == {}
+            assert baggage.get_all() == {}
+        with RequestIdentity(trust_baggage=True).bind(None, cookies={}, peer=None):
+            assert current_identity() == {"mixpanel.user_id": "victim", "mixpanel.device_id": "d-x"}
+        assert current_identity()["mixpanel.user_id"] == "victim"  # no edge: an internal hop
+    finally:
+        context.detach(forged)

@@ -51,7 +51,10 @@ class RequestIdentity:
     The client IP is sent for geolocation unless ``ip=False``: the peer, or the
     ``X-Forwarded-For`` entry just before the first proxy that is not in
     *trusted_proxies* (addresses or networks). ``propagate`` puts the ids in
-    W3C baggage, so background jobs the request starts carry them too.
+    W3C baggage, so background jobs the request starts carry them too. The
+    ``mixpanel.*`` baggage a request arrives with is ignored (and not passed
+    on): any client can send a baggage header. Set ``trust_baggage=True`` only
+    for a service that no client reaches directly, behind one that binds.
 
     Example::
 
@@ -65,6 +68,7 @@ class RequestIdentity:
     trusted_proxies: Sequence[str] = ()
     cookie: bool = True
     propagate: bool = True
+    trust_baggage: bool = False
     _networks: List[_Network] = field(init=False, repr=False)
     _stats: Stats = field(init=False, repr=False)
 
@@ -115,7 +119,11 @@ class RequestIdentity:
 
     def rebind(self, ids: Mapping[str, str]) -> ContextManager[None]:
         """Bind ids that :meth:`bind` resolved, again."""
-        return bind_identity(**ids, propagate=self.propagate)
+        return bind_identity(
+            distinct_id=ids.get("distinct_id"), user_id=ids.get("user_id"),
+            device_id=ids.get("device_id"), ip=ids.get("ip"),
+            propagate=self.propagate, trust_baggage=self.trust_baggage,
+        )
 
     def client_ip(self, peer: Optional[str], forwarded_for: Optional[str]) -> Optional[str]:
         """The client's address: *peer*, unless *peer* is a trusted proxy; then
