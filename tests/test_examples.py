@@ -61,7 +61,7 @@ def test_logging_app() -> None:
     assert "received 'cart viewed'" not in result.stdout
 
 
-@pytest.mark.parametrize("name", ["flask_app.py", "fastapi_app.py"])
+@pytest.mark.parametrize("name", ["flask_app.py", "fastapi_app.py", "django_app.py"])
 def test_framework_example_runs(name: str) -> None:
     """Each framework example plays two users and prints both identities' events."""
     result = run_example(name)
