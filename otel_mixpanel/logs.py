@@ -17,7 +17,6 @@ structlog processor, ``Logger.emit``) becomes the same messages a span would::
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
 import threading
 import time
@@ -28,7 +27,7 @@ from opentelemetry.trace import format_span_id, format_trace_id
 from otel_mixpanel import _compat
 from otel_mixpanel._compat import LogRecordExporter, LogRecordExportResult, log_resource
 from otel_mixpanel._convention._table import flat_attributes
-from otel_mixpanel._convention._translate import Record, is_tagged
+from otel_mixpanel._convention._translate import Record, is_tagged, log_seed
 from otel_mixpanel._exceptions import ConfigurationError
 from otel_mixpanel._inputs._exporter import OWN_LOGGER_PREFIX, MixpanelExporterBase
 
@@ -74,18 +73,12 @@ class MixpanelLogExporter(MixpanelExporterBase, LogRecordExporter):
             trace_id = format_trace_id(log_record.trace_id) if log_record.trace_id else None
             span_id = format_span_id(log_record.span_id) if log_record.span_id else None
             resource = log_resource(data)
+            seed = log_seed(log_record.body, attributes, time_ns, trace_id, span_id)
             yield Record(
-                attributes, time_ns // 1_000_000, _seed(log_record, time_ns, trace_id, span_id),
+                attributes, time_ns // 1_000_000, seed,
                 0, trace_id, span_id, resource=self._properties_of_resource(
                     resource.attributes if resource is not None else {}),
             )
-
-
-def _seed(log_record: Any, time_ns: int, trace_id: Any, span_id: Any) -> str:
-    """Stable content of the record, so a re-exported record gets the same
-    ``$insert_id`` and two different records never share one."""
-    content = f"{time_ns}|{trace_id}|{span_id}|{log_record.body!r}|{dict(log_record.attributes)!r}"
-    return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def logging_handler(logger_provider: Any = None, level: int = logging.NOTSET) -> logging.Handler:

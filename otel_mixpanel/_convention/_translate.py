@@ -214,6 +214,16 @@ def translate(record: Record, stats: Stats, *, trace_ids: bool = True) -> List[M
     return messages
 
 
+def log_seed(
+    body: Any, attributes: Mapping[str, Any], time_ns: int, trace_id: Any, span_id: Any
+) -> str:
+    """Stable content of a log record, so a re-exported record gets the same
+    ``$insert_id`` and two different records never share one (whether it came
+    from the SDK or over OTLP)."""
+    content = f"{time_ns}|{trace_id}|{span_id}|{body!r}|{dict(attributes)!r}"
+    return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 def derive_insert_id(seed: str, position: int, tag: str) -> str:
     """A 32-character hex id, the same for the same (seed, position, tag)."""
     digest = hashlib.blake2b(f"{seed}:{position}:{tag}".encode(), digest_size=16)
