@@ -25,6 +25,7 @@ from otel_mixpanel._version import __version__
 from ._check import explain, send_probe
 from ._common import CliError, add_credential_flags, settings_kwargs
 from ._doctor import diagnose
+from ._gateway import add_gateway_flags, run_gateway
 from ._local import run_local
 from ._spool import run_replay, run_status
 
@@ -87,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="your application's module, imported as it starts (e.g. app)")
     add_credential_flags(doctor)
 
+    gateway = commands.add_parser(
+        "gateway",
+        help="receive OTLP from any service and deliver its tagged telemetry",
+        description="Serve OTLP/HTTP (POST /v1/traces and /v1/logs, protobuf or JSON, gzip) "
+        "and deliver tagged spans and log records to Mixpanel through the sending queue. "
+        "Answers 503 with Retry-After when the queue is full, so senders keep their data. "
+        "SIGINT/SIGTERM stop it after delivering what waits (shutdown_timeout).",
+    )
+    add_gateway_flags(gateway)
+    add_credential_flags(gateway)
+
     spool = commands.add_parser(
         "spool",
         help="inspect or replay a spool directory",
@@ -129,6 +141,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "gateway":
+        return run_gateway(args, settings_kwargs(args))
     if args.spool_command == "status":
         return run_status(args.directory)
     return run_replay(args.directory, settings_kwargs(args))

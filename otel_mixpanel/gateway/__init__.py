@@ -1,0 +1,207 @@
+"""Gateway mode: tagged OTLP telemetry from any service, in any language.
+
+Services (or an OpenTelemetry Collector in front of them) send OTLP/HTTP to
+the gateway; it translates tagged spans and log records with the same
+convention as the in-process exporters and delivers them through the same
+sending queue (memory, or disk with ``spool_dir``). Untagged telemetry is
+discarded without being stored. The Mixpanel credentials stay here.
+
+::
+
+    otel-mixpanel gateway --port 4318          # OTEL_EXPORTER_MIXPANEL_TOKEN set
+
+or embedded::
+
+    gateway = Gateway(GatewaySettings(port=0), token="...")
+    url = gateway.start()   # http://127.0.0.1:<port>
+    ...
+    gateway.stop()
+
+Install with ``pip install 'otel-mixpanel[gateway]'``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+from otel_mixpanel._config import is_loopback
+from otel_mixpanel._convention._translate import Record
+from otel_mixpanel._exceptions import ConfigurationError
+from otel_mixpanel._inputs._exporter import MixpanelExporterBase
+from otel_mixpanel._inputs._otlp import OTLPInput, log_records, span_records
+
+__all__ = ["Gateway", "GatewaySettings"]
+
+_IDS = ("traceId", "spanId", "parentSpanId")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Where the gateway listens and what it accepts.
+
+    Binding anything but loopback requires *ingest_token* (senders send it as
+    ``Authorization: Bearer <token>``, as Collectors' ``headers`` do) unless
+    *allow_unauthenticated* says otherwise. *max_request_bytes* bounds a body
+    after decompression; *retry_after* is the wait (seconds) a busy answer asks for.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 4318
+    ingest_token: Optional[str] = None
+    allow_unauthenticated: bool = False
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_concurrent_requests: int = 16
+    retry_after: int = 5
+
+    def __post_init__(self) -> None:
+        if not is_loopback(self.host) and self.ingest_token is None and (
+            not self.allow_unauthenticated
+        ):
+            raise ConfigurationError(
+                f"the gateway would listen on {self.host} without an ingest token: anyone "
+                "reaching it could send to your Mixpanel project; set ingest_token "
+                "(--ingest-token) or allow_unauthenticated=True")
+        for name in ("max_request_bytes", "max_concurrent_requests", "retry_after"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be a positive integer")
+
+
+class _Ingest(MixpanelExporterBase):
+    """The gateway's side of the shared exporter base: settings, queue, stats."""
+
+    def _records(self, batch: Any) -> Iterator[Record]:  # pragma: no cover - not an SDK exporter
+        raise NotImplementedError
+
+
+class Outcome:
+    """What one request became: an error for a 400, else the OTLP response."""
+
+    def __init__(self, error: Optional[str] = None) -> None:
+        self.error = error
+
+    def response(self, as_json: bool, traces: bool) -> bytes:
+        """The (empty: full success) Export*ServiceResponse in the request's encoding."""
+        if as_json:
+            return b"{}"
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2  # noqa: PLC0415
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: PLC0415
+
+        message: Any = (trace_service_pb2.ExportTraceServiceResponse() if traces
+                        else logs_service_pb2.ExportLogsServiceResponse())
+        return bytes(message.SerializeToString())
+
+
+class Gateway:
+    """An OTLP receiver that delivers tagged telemetry to Mixpanel (see the module docs).
+
+    *exporter_options* are those of :class:`otel_mixpanel.MixpanelSpanExporter`
+    (token, region, spool_dir, queue_max_bytes, ...), each defaulting to its
+    ``OTEL_EXPORTER_MIXPANEL_*`` variable.
+    """
+
+    def __init__(self, settings: Optional[GatewaySettings] = None, **exporter_options: Any) -> None:
+        self.settings = settings or GatewaySettings()
+        self._input = OTLPInput()
+        self._exporter = _Ingest(**exporter_options)
+        self.stats = self._exporter._stats
+        self._server: Any = None
+        self._thread: Optional[threading.Thread] = None
+        self._socket: Optional[socket.socket] = None
+
+    def room(self) -> int:
+        """Bytes the sending queue can still take before the gateway answers busy."""
+        settings = self._exporter._settings
+        bound = settings.spool_max_bytes if settings.spool_dir else settings.queue_max_bytes
+        return int(bound * 0.9) - self._exporter._queue.waiting()[1]
+
+    def ingest(self, body: bytes, as_json: bool, traces: bool) -> Outcome:
+        """Parse, translate and queue one request body; never waits for Mixpanel."""
+        try:
+            parse = self._input.parse_traces if traces else self._input.parse_logs
+            request, _ = parse(_protobuf_of_json(body, traces) if as_json else body)
+        except Exception as error:  # the sender must not retry what can never parse
+            self.stats.dropped("gateway_bad_request", detail=type(error).__name__)
+            return Outcome(f"cannot parse the OTLP body: {type(error).__name__}")
+        properties = self._exporter._properties_of_resource
+        records = (span_records(request, properties) if traces
+                   else log_records(request, properties, self._own))
+        self._exporter._submit(self._exporter._messages(records), wait=False)
+        return Outcome()
+
+    def _own(self, scope: str) -> None:
+        self.stats.dropped("own_log_record", detail=scope)
+
+    def status(self) -> Dict[str, Any]:
+        """The counters (as ``stats()`` of an exporter) and the room left."""
+        return {**self.stats.snapshot(), "room_bytes": self.room()}
+
+    def app(self) -> Any:
+        """The ASGI application (to serve it yourself)."""
+        from otel_mixpanel.gateway._app import OTLPApp  # noqa: PLC0415
+
+        return OTLPApp(self)
+
+    def start(self) -> str:
+        """Serve in a background thread; returns the base URL once listening."""
+        import uvicorn  # noqa: PLC0415
+
+        self._socket = socket.socket(socket.AF_INET6 if ":" in self.settings.host
+                                     else socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((self.settings.host, self.settings.port))
+        port = self._socket.getsockname()[1]
+        config = uvicorn.Config(self.app(), log_level="warning", timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._socket]}, daemon=True,
+                                        name="otel-mixpanel-gateway")
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway's server did not start")
+            time.sleep(0.01)
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return f"http://{host}:{port}"
+
+    def stop(self, timeout_millis: Optional[float] = None) -> None:
+        """Stop listening, then drain the sending queue within its shutdown budget."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._exporter.shutdown(timeout_millis)
+
+
+def _protobuf_of_json(body: bytes, traces: bool) -> bytes:
+    """OTLP/JSON as protobuf bytes: ids are hex there (protobuf's JSON reads base64)."""
+    from google.protobuf import json_format  # noqa: PLC0415
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2  # noqa: PLC0415
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: PLC0415
+
+    data = json.loads(body)
+    _base64_ids(data)
+    message: Any = (trace_service_pb2.ExportTraceServiceRequest() if traces
+                    else logs_service_pb2.ExportLogsServiceRequest())
+    json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    return bytes(message.SerializeToString())
+
+
+def _base64_ids(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _IDS and isinstance(value, str) and value:
+                node[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            else:
+                _base64_ids(value)
+    elif isinstance(node, list):
+        for item in node:
+            _base64_ids(item)

@@ -1,0 +1,218 @@
+"""The OTLP gateway over real HTTP, fed by the stock Python OTLP exporter: the
+local Mixpanel shows what the in-process exporter would send for the same tags."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from typing import Any, Dict, Iterator, Tuple
+
+import pytest
+import requests
+from google.protobuf import json_format
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from otel_mixpanel import ConfigurationError, MixpanelSpanExporter
+from otel_mixpanel.gateway import Gateway, GatewaySettings
+from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import FAST, finished_spans, log
+
+TAGS = {"mixpanel.event": "Signed Up", "mixpanel.user_id": "u1",
+        "mixpanel.properties.plan": "pro", "mixpanel.people.set.plan": "pro"}
+
+
+@pytest.fixture
+def gateway(mixpanel: LocalMixpanel) -> Iterator[Tuple[Gateway, str]]:
+    served = Gateway(GatewaySettings(port=0), token=mixpanel.token, api_host=mixpanel.url,
+                     retry_policy=FAST)
+    url = served.start()
+    try:
+        yield served, url
+    finally:
+        served.stop()
+
+
+def sdk_spans_through(exporter: Any, *tag_sets: Dict[str, Any]) -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": "checkout"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("svc")
+    for tags in tag_sets:
+        with tracer.start_as_current_span("op", attributes=tags):
+            pass
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip])
+def test_the_stock_otlp_http_exporter_reaches_mixpanel(
+    mixpanel: LocalMixpanel, gateway: Tuple[Gateway, str], compression: Compression
+) -> None:
+    _, url = gateway
+    sdk_spans_through(OTLPSpanExporter(endpoint=f"{url}/v1/traces", compression=compression),
+                      TAGS, {"http.route": "/untagged"})
+    assert mixpanel.wait_for(lambda m: len(m.events) == 1)
+    (event,) = mixpanel.events
+    assert (event["event"], event["properties"]["distinct_id"]) == ("Signed Up", "u1")
+    assert event["properties"]["service.name"] == "checkout"
+    assert mixpanel.wait_for(lambda m: m.profiles.get("u1") == {"plan": "pro"})
+
+
+def test_log_records_reach_mixpanel(mixpanel: LocalMixpanel, gateway: Tuple[Gateway, str]) -> None:
+    _, url = gateway
+    provider = LoggerProvider(resource=Resource.create({"service.name": "checkout"}))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(
+        OTLPLogExporter(endpoint=f"{url}/v1/logs")))
+    log(provider.get_logger("app"), body="paid", severity_number=SeverityNumber.INFO,
+        attributes={"mixpanel.event": "Paid", "mixpanel.user_id": "u2"})
+    log(provider.get_logger("otel_mixpanel.x"), body="ours", severity_number=SeverityNumber.INFO,
+        attributes={"mixpanel.event": "Loop"})
+    provider.shutdown()
+    assert mixpanel.wait_for(lambda m: len(m.events) == 1)
+    assert [e["event"] for e in mixpanel.events] == ["Paid"]
+
+
+def test_the_same_span_gives_the_same_payload_as_the_in_process_exporter(
+    mixpanel: LocalMixpanel, gateway: Tuple[Gateway, str],
+) -> None:
+    """Protobuf and OTLP/JSON (hex ids) over HTTP: the payload the in-process
+    exporter sends for the same span, $insert_id included."""
+    _, url = gateway
+    spans = finished_spans(TAGS)
+    with LocalMixpanel(token=mixpanel.token) as direct:
+        exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=direct.url)
+        exporter.export(spans)
+        exporter.shutdown()
+        (expected,) = direct.events
+    request = encode_spans(spans)
+    as_json = json_format.MessageToDict(request)
+    for resource_spans in as_json["resourceSpans"]:  # OTLP/JSON spells ids in hex
+        for scope_spans in resource_spans["scopeSpans"]:
+            for span in scope_spans["spans"]:
+                for key in ("traceId", "spanId"):
+                    span[key] = base64.b64decode(span[key]).hex()
+    for body, kind in ((request.SerializeToString(), "application/x-protobuf"),
+                       (json.dumps(as_json).encode(), "application/json")):
+        answer = requests.post(f"{url}/v1/traces", data=body, timeout=10,
+                               headers={"Content-Type": kind})
+        assert answer.status_code == 200, answer.text
+    assert mixpanel.wait_for(lambda m: len(m.events) == 2)
+    assert mixpanel.events == [expected, expected]
+
+
+def post(url: str, body: bytes, **headers: str) -> requests.Response:
+    return requests.post(f"{url}/v1/traces", data=body, timeout=10,
+                         headers={"Content-Type": "application/x-protobuf", **headers})
+
+
+def test_bodies_that_can_never_be_accepted_get_4xx(
+    mixpanel: LocalMixpanel, gateway: Tuple[Gateway, str],
+) -> None:
+    served, url = gateway
+    assert post(url, b"\xff\xfe not protobuf").status_code == 400
+    assert post(url, b"not gzip", **{"Content-Encoding": "gzip"}).status_code == 400
+    bomb = gzip.compress(b"\0" * (served.settings.max_request_bytes + 1))
+    assert len(bomb) < 100_000
+    assert post(url, bomb, **{"Content-Encoding": "gzip"}).status_code == 413
+    assert post(url, b"{}", **{"Content-Type": "text/plain"}).status_code == 415
+    assert requests.get(f"{url}/v1/traces", timeout=10).status_code == 405
+    assert served.stats.snapshot()["dropped"] == {"gateway_bad_request": 1}
+
+
+def test_an_ingest_token_is_required_when_set(mixpanel: LocalMixpanel) -> None:
+    served = Gateway(GatewaySettings(port=0, ingest_token="s3cret"), token=mixpanel.token,
+                     api_host=mixpanel.url)
+    url = served.start()
+    try:
+        body = encode_spans(finished_spans(TAGS)).SerializeToString()
+        assert post(url, body).status_code == 401
+        assert post(url, body, Authorization="Bearer wrong").status_code == 401
+        assert post(url, body, Authorization="Bearer s3cret").status_code == 200
+    finally:
+        served.stop()
+    assert [e["event"] for e in mixpanel.events] == ["Signed Up"]
+
+
+def test_listening_beyond_loopback_needs_a_token() -> None:
+    with pytest.raises(ConfigurationError, match="ingest token"):
+        GatewaySettings(host="0.0.0.0")
+    GatewaySettings(host="0.0.0.0", ingest_token="t")
+    GatewaySettings(host="0.0.0.0", allow_unauthenticated=True)
+
+
+def test_a_full_queue_answers_503_and_the_sender_keeps_its_data(mixpanel: LocalMixpanel) -> None:
+    """Mixpanel down, the queue's room gone: the gateway answers 503 with
+    Retry-After instead of dropping; the stock exporter retries, and once
+    Mixpanel is back everything arrives."""
+    mixpanel.fail_next(10_000, status=503)
+    served = Gateway(GatewaySettings(port=0, retry_after=1), token=mixpanel.token,
+                     api_host=mixpanel.url, queue_max_bytes=1, retry_policy=FAST)
+    url = served.start()
+    try:
+        body = encode_spans(finished_spans(TAGS)).SerializeToString()
+        busy = post(url, body)
+        assert (busy.status_code, busy.headers["Retry-After"]) == (503, "1")
+        assert requests.get(f"{url}/ready", timeout=10).status_code == 503
+        assert served.stats.snapshot()["dropped"] == {"gateway_refused_busy": 1}
+    finally:
+        served.stop(timeout_millis=0)
+
+
+def test_operator_endpoints(gateway: Tuple[Gateway, str]) -> None:
+    _, url = gateway
+    assert requests.get(f"{url}/health", timeout=10).text == "ok"
+    assert requests.get(f"{url}/ready", timeout=10).status_code == 200
+    status = requests.get(f"{url}/status", timeout=10).json()
+    assert status["room_bytes"] > 0 and "sent" in status
+
+
+def test_the_command_serves_until_sigterm_then_delivers(
+    mixpanel: LocalMixpanel, tmp_path: Any
+) -> None:
+    """``otel-mixpanel gateway`` as an operator runs it: environment credentials,
+    a port, SIGTERM; and a refusal to listen on every address without a token."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.helpers import until  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environ.update(mixpanel.env())
+    command = [sys.executable, "-m", "otel_mixpanel.cli", "gateway"]
+    refused = subprocess.run([*command, "--host", "0.0.0.0"], env=environ, capture_output=True,
+                             text=True, timeout=30, check=False)
+    assert refused.returncode != 0 and "ingest token" in refused.stderr
+    process = subprocess.Popen([*command, "--port", str(port)], env=environ, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert until(lambda: _answers(url), timeout=20), process.stderr
+        sdk_spans_through(OTLPSpanExporter(endpoint=f"{url}/v1/traces"), TAGS)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert process.returncode == 0, stderr
+    assert [e["event"] for e in mixpanel.events] == ["Signed Up"]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
