@@ -44,7 +44,7 @@ def pinned(sdk: str, *, structlog: str = "structlog", flask: str = "flask") -> L
     """One release train: SDK ``1.N.x`` goes with the contrib packages ``0.(N+21)bx``."""
     minor = int(sdk.split(".")[1])
     contrib = f">=0.{minor + 21}b0,<0.{minor + 22}"
-    otel = ["api", "sdk", "exporter-otlp-proto-http"]
+    otel = ["api", "sdk", "exporter-otlp-proto-http", "exporter-otlp-proto-grpc"]
     return [
         *(f"opentelemetry-{name}=={sdk}" for name in otel),
         *(f"opentelemetry-{name}{contrib}" for name in instrumentation_packages(minor)),

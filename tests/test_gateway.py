@@ -216,3 +216,52 @@ def _answers(url: str) -> bool:
         return requests.get(f"{url}/health", timeout=1).status_code == 200
     except requests.ConnectionError:
         return False
+
+
+def test_the_stock_otlp_grpc_exporter_reaches_mixpanel(mixpanel: LocalMixpanel) -> None:
+    """OTLP/gRPC (the Collector's load-balancing exporter speaks only gRPC), with
+    the ingest token as metadata; a full queue answers UNAVAILABLE with RetryInfo."""
+    import grpc  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter as GrpcSpanExporter,
+    )
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc  # noqa: PLC0415
+
+    served = Gateway(GatewaySettings(port=0, grpc_port=0, ingest_token="s3cret"),
+                     token=mixpanel.token, api_host=mixpanel.url)
+    served.start()
+    try:
+        target = f"127.0.0.1:{served.grpc_port}"
+        sdk_spans_through(GrpcSpanExporter(endpoint=target, insecure=True,
+                                           headers={"authorization": "Bearer s3cret"}), TAGS)
+        assert mixpanel.wait_for(lambda m: len(m.events) == 1)
+        assert mixpanel.events[0]["properties"]["distinct_id"] == "u1"
+        with grpc.insecure_channel(target) as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Export(encode_spans(finished_spans(TAGS)), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        served.stop()
+
+
+def test_a_full_queue_answers_unavailable_with_retry_info_over_grpc(
+    mixpanel: LocalMixpanel,
+) -> None:
+    import grpc  # noqa: PLC0415
+    from google.rpc.error_details_pb2 import RetryInfo  # noqa: PLC0415
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc  # noqa: PLC0415
+
+    served = Gateway(GatewaySettings(port=0, grpc_port=0, retry_after=2),
+                     token=mixpanel.token, api_host=mixpanel.url, queue_max_bytes=1)
+    served.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError) as busy:
+                stub.Export(encode_spans(finished_spans(TAGS)), timeout=10)
+        assert busy.value.code() == grpc.StatusCode.UNAVAILABLE
+        trailers = dict(busy.value.trailing_metadata())
+        assert RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]).retry_delay.seconds == 2
+    finally:
+        served.stop(timeout_millis=0)

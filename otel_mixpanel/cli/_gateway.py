@@ -19,6 +19,8 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; any other needs a token)")
     parser.add_argument("--port", type=int, default=4318, help="port (default 4318, OTLP/HTTP)")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="also serve OTLP/gRPC on this port (usually 4317)")
     parser.add_argument("--ingest-token", default=None,
                         help=f"bearer token senders must send (default: ${INGEST_TOKEN})")
     parser.add_argument("--allow-unauthenticated", action="store_true",
@@ -35,7 +37,8 @@ def run_gateway(args: argparse.Namespace, credentials: Dict[str, Any]) -> int:
         raise CliError(f"the gateway needs its extra: pip install 'otel-mixpanel[gateway]' "
                        f"({error})") from error
     settings = GatewaySettings(
-        host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated,
+        host=args.host, port=args.port, grpc_port=args.grpc_port,
+        allow_unauthenticated=args.allow_unauthenticated,
         ingest_token=args.ingest_token or os.environ.get(INGEST_TOKEN) or None,
     )
     options = dict(credentials)

@@ -53,6 +53,7 @@ class GatewaySettings:
 
     host: str = "127.0.0.1"
     port: int = 4318
+    grpc_port: Optional[int] = None  # OTLP/gRPC too (4317 is its usual port; 0: a free one)
     ingest_token: Optional[str] = None
     allow_unauthenticated: bool = False
     max_request_bytes: int = 16 * 1024 * 1024
@@ -111,6 +112,8 @@ class Gateway:
         self._exporter = _Ingest(**exporter_options)
         self.stats = self._exporter._stats
         self._server: Any = None
+        self._grpc: Any = None
+        self.grpc_port: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
         self._socket: Optional[socket.socket] = None
 
@@ -128,11 +131,15 @@ class Gateway:
         except Exception as error:  # the sender must not retry what can never parse
             self.stats.dropped("gateway_bad_request", detail=type(error).__name__)
             return Outcome(f"cannot parse the OTLP body: {type(error).__name__}")
+        self.deliver(request, traces=traces)
+        return Outcome()
+
+    def deliver(self, request: Any, *, traces: bool) -> None:
+        """Translate and queue a parsed Export*ServiceRequest; never waits for Mixpanel."""
         properties = self._exporter._properties_of_resource
         records = (span_records(request, properties) if traces
                    else log_records(request, properties, self._own))
         self._exporter._submit(self._exporter._messages(records), wait=False)
-        return Outcome()
 
     def _own(self, scope: str) -> None:
         self.stats.dropped("own_log_record", detail=scope)
@@ -162,6 +169,11 @@ class Gateway:
                                         kwargs={"sockets": [self._socket]}, daemon=True,
                                         name="otel-mixpanel-gateway")
         self._thread.start()
+        if self.settings.grpc_port is not None:
+            from otel_mixpanel.gateway._grpc import start_grpc  # noqa: PLC0415
+
+            self._grpc = start_grpc(self, self.settings.host, self.settings.grpc_port)
+            self.grpc_port = self._grpc.bound_port
         deadline = time.monotonic() + 10
         while not self._server.started and self._thread.is_alive():
             if time.monotonic() > deadline:
@@ -172,6 +184,8 @@ class Gateway:
 
     def stop(self, timeout_millis: Optional[float] = None) -> None:
         """Stop listening, then drain the sending queue within its shutdown budget."""
+        if self._grpc is not None:
+            self._grpc.stop(grace=5).wait(10)
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
