@@ -265,3 +265,20 @@ def test_a_full_queue_answers_unavailable_with_retry_info_over_grpc(
         assert RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]).retry_delay.seconds == 2
     finally:
         served.stop(timeout_millis=0)
+
+
+def test_a_chunked_body_is_read_whole(
+    mixpanel: LocalMixpanel, gateway: Tuple[Gateway, str]
+) -> None:
+    """Node's exporters send chunked bodies, without Content-Length."""
+    import http.client  # noqa: PLC0415
+
+    _, url = gateway
+    body = encode_spans(finished_spans(TAGS)).SerializeToString()
+    connection = http.client.HTTPConnection(url.split("//")[1], timeout=10)
+    pieces = [body[i:i + 7] for i in range(0, len(body), 7)]
+    connection.request("POST", "/v1/traces", body=iter(pieces), encode_chunked=True,
+                       headers={"Content-Type": "application/x-protobuf"})
+    assert connection.getresponse().status == 200
+    connection.close()
+    assert mixpanel.wait_for(lambda m: len(m.events) == 1)
