@@ -90,7 +90,7 @@ class OTLPApp:
             except (zlib.error, ValueError):
                 await _answer(send, 400, b"bad gzip body", "text/plain")
                 return
-            if self.gateway.room() <= 0:
+            if self.gateway.room() < len(body):  # never make the queue evict: refuse
                 await self._busy(send, kind, "the sending queue is full")
                 return
             loop = asyncio.get_running_loop()

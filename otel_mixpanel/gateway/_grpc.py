@@ -27,13 +27,13 @@ def start_grpc(gateway: Any, host: str, port: int) -> Any:
 
     settings = gateway.settings
 
-    def admit(context: Any) -> None:
+    def admit(request: Any, context: Any) -> None:
         """Abort the call unless it may go on (token, room)."""
         if settings.ingest_token is not None:
             metadata = dict(context.invocation_metadata())
             if metadata.get("authorization") != f"Bearer {settings.ingest_token}":
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        if gateway.room() <= 0:
+        if gateway.room() < request.ByteSize():  # never make the queue evict: refuse
             gateway.stats.dropped("gateway_refused_busy", log=False)  # the sender retries
             context.set_trailing_metadata((("google.rpc.retryinfo-bin", _retry_info(
                 settings.retry_after)),))
@@ -41,13 +41,13 @@ def start_grpc(gateway: Any, host: str, port: int) -> Any:
 
     class Traces(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request: Any, context: Any) -> Any:
-            admit(context)
+            admit(request, context)
             gateway.deliver(request, traces=True)
             return trace_service_pb2.ExportTraceServiceResponse()
 
     class Logs(logs_service_pb2_grpc.LogsServiceServicer):
         def Export(self, request: Any, context: Any) -> Any:
-            admit(context)
+            admit(request, context)
             gateway.deliver(request, traces=False)
             return logs_service_pb2.ExportLogsServiceResponse()
 
