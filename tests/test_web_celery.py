@@ -74,6 +74,13 @@ class Worker:
         self.scene = scene
 
 
+# opentelemetry-instrumentation-celery 0.41b0 (the SDK 1.20 train) parents the
+# task's span on the context the message carried but never attaches it, so its
+# baggage is not in force in the task; 0.54b0 (the 1.33 train) does.
+NEEDS_ATTACHED_CONTEXT = pytest.mark.needs_sdk(
+    "1.33", "instrumentation-celery 0.41b0 does not attach the message's context")
+
+
 @pytest.fixture(scope="module")
 def celery_worker() -> Iterator[Worker]:
     """The app on the in-memory broker and its embedded worker, for the module."""
@@ -174,6 +181,7 @@ def assert_user(properties: Dict[str, Any], user: str) -> None:
     assert properties["$user_id"] == user
 
 
+@NEEDS_ATTACHED_CONTEXT
 def test_identity_bound_with_propagate_reaches_the_task(
     worker: Worker, mixpanel: LocalMixpanel
 ) -> None:
@@ -199,6 +207,7 @@ def test_without_propagate_the_task_has_no_identity(
         assert "$device_id" not in properties
 
 
+@NEEDS_ATTACHED_CONTEXT
 def test_two_bindings_keep_their_own_users(worker: Worker, mixpanel: LocalMixpanel) -> None:
     """Each message carries the binding it was sent under, device id included,
     and the worker's thread keeps nothing of one task for the next."""
@@ -221,6 +230,7 @@ def test_two_bindings_keep_their_own_users(worker: Worker, mixpanel: LocalMixpan
         assert events[f"{name}/o-b"]["$device_id"] == "d-a"
 
 
+@NEEDS_ATTACHED_CONTEXT
 def test_a_flask_request_enqueues_a_task_for_its_user_but_not_its_ip(
     worker: Worker, mixpanel: LocalMixpanel, pipeline: MixpanelPipeline
 ) -> None:
@@ -251,6 +261,7 @@ def test_a_flask_request_enqueues_a_task_for_its_user_but_not_its_ip(
         assert "ip" not in events[f"{name}/o-web"]  # the IP never travels
 
 
+@NEEDS_ATTACHED_CONTEXT
 def test_tasks_a_task_enqueues_inherit_the_identity(
     worker: Worker, mixpanel: LocalMixpanel
 ) -> None:
