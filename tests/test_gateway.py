@@ -282,3 +282,51 @@ def test_a_chunked_body_is_read_whole(
     assert connection.getresponse().status == 200
     connection.close()
     assert mixpanel.wait_for(lambda m: len(m.events) == 1)
+
+
+@pytest.fixture
+def certificate(tmp_path: Any) -> Tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1, made with openssl."""
+    import subprocess  # noqa: PLC0415
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def test_tls_for_http_and_grpc(
+    mixpanel: LocalMixpanel, certificate: Tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import grpc  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter as GrpcSpanExporter,
+    )
+
+    cert, key = certificate
+    # requests prefers these to a session's own CA file (the OTLP exporter's).
+    for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ConfigurationError, match="both"):
+        GatewaySettings(tls_certfile=cert)
+    served = Gateway(GatewaySettings(port=0, grpc_port=0, tls_certfile=cert, tls_keyfile=key),
+                     token=mixpanel.token, api_host=mixpanel.url)
+    url = served.start()
+    try:
+        assert url.startswith("https://")
+        sdk_spans_through(OTLPSpanExporter(endpoint=f"{url}/v1/traces", certificate_file=cert),
+                          {**TAGS, "mixpanel.user_id": "over-https"})
+        with open(cert, "rb") as pem:
+            credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
+        sdk_spans_through(GrpcSpanExporter(endpoint=f"127.0.0.1:{served.grpc_port}",
+                                           credentials=credentials),
+                          {**TAGS, "mixpanel.user_id": "over-grpc-tls"})
+        assert mixpanel.wait_for(lambda m: len(m.events) == 2)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url.replace("https", "http") + "/health", timeout=5)
+    finally:
+        served.stop()
+    assert sorted(e["properties"]["distinct_id"] for e in mixpanel.events) == [
+        "over-grpc-tls", "over-https"]

@@ -25,6 +25,8 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"bearer token senders must send (default: ${INGEST_TOKEN})")
     parser.add_argument("--allow-unauthenticated", action="store_true",
                         help="listen beyond loopback without an ingest token")
+    parser.add_argument("--tls-certfile", default=None, help="PEM certificate chain: serve TLS")
+    parser.add_argument("--tls-keyfile", default=None, help="PEM private key for --tls-certfile")
     parser.add_argument("--spool-dir", default=None,
                         help="keep what waits on disk (default: $OTEL_EXPORTER_MIXPANEL_SPOOL_DIR)")
 
@@ -38,6 +40,7 @@ def run_gateway(args: argparse.Namespace, credentials: Dict[str, Any]) -> int:
                        f"({error})") from error
     settings = GatewaySettings(
         host=args.host, port=args.port, grpc_port=args.grpc_port,
+        tls_certfile=args.tls_certfile, tls_keyfile=args.tls_keyfile,
         allow_unauthenticated=args.allow_unauthenticated,
         ingest_token=args.ingest_token or os.environ.get(INGEST_TOKEN) or None,
     )

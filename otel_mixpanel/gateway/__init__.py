@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import threading
 import time
@@ -59,6 +60,8 @@ class GatewaySettings:
     max_request_bytes: int = 16 * 1024 * 1024
     max_concurrent_requests: int = 16
     retry_after: int = 5
+    tls_certfile: Optional[str] = None  # PEM certificate chain: serve HTTPS (and gRPC over TLS)
+    tls_keyfile: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and self.ingest_token is None and (
@@ -68,6 +71,11 @@ class GatewaySettings:
                 f"the gateway would listen on {self.host} without an ingest token: anyone "
                 "reaching it could send to your Mixpanel project; set ingest_token "
                 "(--ingest-token) or allow_unauthenticated=True")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ConfigurationError("TLS needs both tls_certfile and tls_keyfile")
+        for path in (self.tls_certfile, self.tls_keyfile):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigurationError(f"TLS file not found: {path}")
         for name in ("max_request_bytes", "max_concurrent_requests", "retry_after"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be a positive integer")
@@ -163,7 +171,9 @@ class Gateway:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((self.settings.host, self.settings.port))
         port = self._socket.getsockname()[1]
-        config = uvicorn.Config(self.app(), log_level="warning", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(self.app(), log_level="warning", timeout_graceful_shutdown=5,
+                                ssl_certfile=self.settings.tls_certfile,
+                                ssl_keyfile=self.settings.tls_keyfile)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run,
                                         kwargs={"sockets": [self._socket]}, daemon=True,
@@ -180,7 +190,8 @@ class Gateway:
                 raise RuntimeError("the gateway's server did not start")
             time.sleep(0.01)
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
-        return f"http://{host}:{port}"
+        scheme = "https" if self.settings.tls_certfile else "http"
+        return f"{scheme}://{host}:{port}"
 
     def stop(self, timeout_millis: Optional[float] = None) -> None:
         """Stop listening, then drain the sending queue within its shutdown budget."""

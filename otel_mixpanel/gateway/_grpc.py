@@ -60,7 +60,12 @@ def start_grpc(gateway: Any, host: str, port: int) -> Any:
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)  # type: ignore[no-untyped-call]
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)  # type: ignore[no-untyped-call]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server.bound_port = server.add_insecure_port(address)
+    if settings.tls_certfile is not None:
+        with open(settings.tls_keyfile, "rb") as key, open(settings.tls_certfile, "rb") as chain:
+            credentials = grpc.ssl_server_credentials([(key.read(), chain.read())])
+        server.bound_port = server.add_secure_port(address, credentials)
+    else:
+        server.bound_port = server.add_insecure_port(address)
     server.start()
     return server
 
