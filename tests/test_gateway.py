@@ -330,3 +330,32 @@ def test_tls_for_http_and_grpc(
         served.stop()
     assert sorted(e["properties"]["distinct_id"] for e in mixpanel.events) == [
         "over-grpc-tls", "over-https"]
+
+
+def test_the_counters_are_opentelemetry_metrics(mixpanel: LocalMixpanel) -> None:
+    """The gateway's counters (refusals included) as the exporters' metrics."""
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
+
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    served = Gateway(GatewaySettings(port=0), token=mixpanel.token, api_host=mixpanel.url,
+                     meter_provider=meters)
+    url = served.start()
+    try:
+        sdk_spans_through(OTLPSpanExporter(endpoint=f"{url}/v1/traces"), TAGS)
+        assert mixpanel.wait_for(lambda m: len(m.events) == 1)
+        assert post(url, b"\xff not protobuf").status_code == 400
+    finally:
+        served.stop()
+    data: Any = reader.get_metrics_data()
+    points = {
+        (metric.name, tuple(sorted(point.attributes.items()))): point.value
+        for resource_metrics in data.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+        for point in metric.data.data_points
+    }
+    assert points[("otel_mixpanel.records.sent", (("kind", "events"),))] == 1
+    assert points[("otel_mixpanel.records.dropped", (("reason", "gateway_bad_request"),))] == 1
+    meters.shutdown()
