@@ -93,12 +93,7 @@ def test_the_same_span_gives_the_same_payload_as_the_in_process_exporter(
         exporter.shutdown()
         (expected,) = direct.events
     request = encode_spans(spans)
-    as_json = json_format.MessageToDict(request)
-    for resource_spans in as_json["resourceSpans"]:  # OTLP/JSON spells ids in hex
-        for scope_spans in resource_spans["scopeSpans"]:
-            for span in scope_spans["spans"]:
-                for key in ("traceId", "spanId"):
-                    span[key] = base64.b64decode(span[key]).hex()
+    as_json = otlp_json(request)
     for body, kind in ((request.SerializeToString(), "application/x-protobuf"),
                        (json.dumps(as_json).encode(), "application/json")):
         answer = requests.post(f"{url}/v1/traces", data=body, timeout=10,
@@ -106,6 +101,17 @@ def test_the_same_span_gives_the_same_payload_as_the_in_process_exporter(
         assert answer.status_code == 200, answer.text
     assert mixpanel.wait_for(lambda m: len(m.events) == 2)
     assert mixpanel.events == [expected, expected]
+
+
+def otlp_json(request: Any) -> Dict[str, Any]:
+    """*request* as OTLP/JSON senders write it: protobuf's JSON, ids in hex."""
+    as_json: Dict[str, Any] = json_format.MessageToDict(request)
+    for resource_spans in as_json["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            for span in scope_spans["spans"]:
+                for key in ("traceId", "spanId"):
+                    span[key] = base64.b64decode(span[key]).hex()
+    return as_json
 
 
 def post(url: str, body: bytes, **headers: str) -> requests.Response:
@@ -359,3 +365,25 @@ def test_the_counters_are_opentelemetry_metrics(mixpanel: LocalMixpanel) -> None
     assert points[("otel_mixpanel.records.sent", (("kind", "events"),))] == 1
     assert points[("otel_mixpanel.records.dropped", (("reason", "gateway_bad_request"),))] == 1
     meters.shutdown()
+
+
+def test_tagged_telemetry_that_makes_nothing_is_a_partial_success(
+    mixpanel: LocalMixpanel, gateway: Tuple[Gateway, str],
+) -> None:
+    """A tagged span whose tags can make no message (an event with no name and
+    no identity) is reported rejected, so the sender knows and does not retry;
+    identity-only and untagged spans are not."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: PLC0415
+
+    _, url = gateway
+    spans = finished_spans(TAGS, {"mixpanel.people.set.plan": "x"}, {"mixpanel.user_id": "u"},
+                           {"http.route": "/"})
+    request = encode_spans(spans)
+    answer = post(url, request.SerializeToString())
+    assert answer.status_code == 200
+    response = trace_service_pb2.ExportTraceServiceResponse.FromString(answer.content)
+    assert response.partial_success.rejected_spans == 1
+    as_json = otlp_json(request)
+    answer = requests.post(f"{url}/v1/traces", data=json.dumps(as_json), timeout=10,
+                           headers={"Content-Type": "application/json"})
+    assert answer.json()["partialSuccess"]["rejectedSpans"] == "1"

@@ -29,13 +29,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from otel_mixpanel._config import is_loopback
-from otel_mixpanel._convention._translate import Record
+from otel_mixpanel._convention._translate import Record, carries_messages
 from otel_mixpanel._exceptions import ConfigurationError
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._inputs._otlp import OTLPInput, log_records, span_records
+from otel_mixpanel._model import Message
 
 __all__ = ["Gateway", "GatewaySettings"]
 
@@ -88,21 +89,42 @@ class _Ingest(MixpanelExporterBase):
         raise NotImplementedError
 
 
+REJECTED = ("tagged {} made no Mixpanel message (invalid tags; the gateway's stats() "
+            "and log say which)")
+
+
 class Outcome:
-    """What one request became: an error for a 400, else the OTLP response."""
+    """What one request became: an error for a 400, else the OTLP response,
+    with a partial success when tagged telemetry was refused."""
 
-    def __init__(self, error: Optional[str] = None) -> None:
+    def __init__(self, error: Optional[str] = None, rejected: int = 0) -> None:
         self.error = error
+        self.rejected = rejected
 
-    def response(self, as_json: bool, traces: bool) -> bytes:
-        """The (empty: full success) Export*ServiceResponse in the request's encoding."""
-        if as_json:
-            return b"{}"
+    def message(self, traces: bool) -> Any:
+        """The Export*ServiceResponse (a partial success when some were rejected)."""
         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2  # noqa: PLC0415
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: PLC0415
 
-        message: Any = (trace_service_pb2.ExportTraceServiceResponse() if traces
-                        else logs_service_pb2.ExportLogsServiceResponse())
+        if traces:
+            response: Any = trace_service_pb2.ExportTraceServiceResponse()
+            if self.rejected:
+                response.partial_success.rejected_spans = self.rejected
+                response.partial_success.error_message = REJECTED.format("spans")
+        else:
+            response = logs_service_pb2.ExportLogsServiceResponse()
+            if self.rejected:
+                response.partial_success.rejected_log_records = self.rejected
+                response.partial_success.error_message = REJECTED.format("log records")
+        return response
+
+    def response(self, as_json: bool, traces: bool) -> bytes:
+        """That response in the request's encoding."""
+        message = self.message(traces)
+        if as_json:
+            from google.protobuf import json_format  # noqa: PLC0415
+
+            return json.dumps(json_format.MessageToDict(message)).encode()
         return bytes(message.SerializeToString())
 
 
@@ -139,15 +161,23 @@ class Gateway:
         except Exception as error:  # the sender must not retry what can never parse
             self.stats.dropped("gateway_bad_request", detail=type(error).__name__)
             return Outcome(f"cannot parse the OTLP body: {type(error).__name__}")
-        self.deliver(request, traces=traces)
-        return Outcome()
+        return self.deliver(request, traces=traces)
 
-    def deliver(self, request: Any, *, traces: bool) -> None:
-        """Translate and queue a parsed Export*ServiceRequest; never waits for Mixpanel."""
+    def deliver(self, request: Any, *, traces: bool) -> Outcome:
+        """Translate and queue a parsed Export*ServiceRequest; never waits for
+        Mixpanel. Tagged telemetry that makes no message is counted rejected."""
         properties = self._exporter._properties_of_resource
         records = (span_records(request, properties) if traces
                    else log_records(request, properties, self._own))
-        self._exporter._submit(self._exporter._messages(records), wait=False)
+        messages: List[Message] = []
+        rejected = 0
+        for record in records:
+            made = self._exporter._messages((record,))
+            if not made and carries_messages(record.attributes):
+                rejected += 1
+            messages.extend(made)
+        self._exporter._submit(messages, wait=False)
+        return Outcome(rejected=rejected)
 
     def _own(self, scope: str) -> None:
         self.stats.dropped("own_log_record", detail=scope)

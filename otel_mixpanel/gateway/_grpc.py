@@ -17,11 +17,9 @@ def start_grpc(gateway: Any, host: str, port: int) -> Any:
     """A started grpc server for *gateway*; ``server.bound_port`` is its port."""
     import grpc  # noqa: PLC0415
     from opentelemetry.proto.collector.logs.v1 import (  # noqa: PLC0415
-        logs_service_pb2,
         logs_service_pb2_grpc,
     )
     from opentelemetry.proto.collector.trace.v1 import (  # noqa: PLC0415
-        trace_service_pb2,
         trace_service_pb2_grpc,
     )
 
@@ -42,14 +40,12 @@ def start_grpc(gateway: Any, host: str, port: int) -> Any:
     class Traces(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request: Any, context: Any) -> Any:
             admit(request, context)
-            gateway.deliver(request, traces=True)
-            return trace_service_pb2.ExportTraceServiceResponse()
+            return gateway.deliver(request, traces=True).message(traces=True)
 
     class Logs(logs_service_pb2_grpc.LogsServiceServicer):
         def Export(self, request: Any, context: Any) -> Any:
             admit(request, context)
-            gateway.deliver(request, traces=False)
-            return logs_service_pb2.ExportLogsServiceResponse()
+            return gateway.deliver(request, traces=False).message(traces=False)
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_concurrent_requests,
