@@ -27,6 +27,12 @@ _STACK = "_otel_mixpanel_identity"
 _IDS = "_otel_mixpanel_ids"
 
 
+class _Request:
+    """Whether the request's own binding is still in force (teardown not run)."""
+
+    open = True
+
+
 class MixpanelFlask:
     """A Flask extension binding each request's identity (see the module docs)."""
 
@@ -63,22 +69,28 @@ class MixpanelFlask:
             forwarded_for=request.headers.get("X-Forwarded-For"), user=_login_user(),
         ))
         setattr(g, _STACK, stack)
-        setattr(g, _IDS, ids)
+        setattr(g, _IDS, (ids, _Request()))
 
     def _streamed(self, response: Any) -> Any:
         from flask import g  # noqa: PLC0415
 
-        ids = g.get(_IDS)
-        if ids is not None and response.is_streamed:
-            # The body is produced after teardown_request (Flask 3.1 tears the
-            # request down when the view returns, stream_with_context or not).
-            response.response = self._stream(response.response, ids)
+        found = g.get(_IDS)
+        if found is not None and response.is_streamed:
+            response.response = self._stream(response.response, *found)
         return response
 
-    def _stream(self, body: Iterable[Any], ids: Dict[str, str]) -> Iterator[Any]:
+    def _stream(self, body: Iterable[Any], ids: Dict[str, str], state: _Request) -> Iterator[Any]:
+        """The body, with the request's identity bound while it is produced. Flask
+        3.1 tears the request down when the view returns; before 3.1,
+        stream_with_context keeps it (and its binding) until the body ends, and
+        tears it down inside the body's last step, so binding again there would
+        unbind out of order and leave this request's identity in force."""
         try:
-            with self.identity.rebind(ids):
+            if state.open:
                 yield from body
+            else:
+                with self.identity.rebind(ids):
+                    yield from body
         finally:
             close = getattr(body, "close", None)
             if close is not None:
@@ -88,7 +100,9 @@ class MixpanelFlask:
         from flask import g  # noqa: PLC0415
 
         stack = g.pop(_STACK, None)
-        g.pop(_IDS, None)
+        found = g.pop(_IDS, None)
+        if found is not None:
+            found[1].open = False
         if stack is not None:
             stack.close()
 
