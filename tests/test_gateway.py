@@ -387,3 +387,13 @@ def test_tagged_telemetry_that_makes_nothing_is_a_partial_success(
     answer = requests.post(f"{url}/v1/traces", data=json.dumps(as_json), timeout=10,
                            headers={"Content-Type": "application/json"})
     assert answer.json()["partialSuccess"]["rejectedSpans"] == "1"
+
+
+def test_without_its_extra_the_gateway_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.proto.collector.logs.v1", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'otel-mixpanel\[gateway\]'"):
+        Gateway(GatewaySettings(port=0), token="t")

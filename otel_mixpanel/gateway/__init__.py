@@ -138,7 +138,16 @@ class Gateway:
 
     def __init__(self, settings: Optional[GatewaySettings] = None, **exporter_options: Any) -> None:
         self.settings = settings or GatewaySettings()
-        self._input = OTLPInput()
+        try:
+            self._input = OTLPInput()
+            import uvicorn  # noqa: F401, PLC0415 - the HTTP server, checked before anything starts
+
+            if self.settings.grpc_port is not None:
+                import grpc  # noqa: F401, PLC0415
+        except ImportError as error:
+            raise ConfigurationError(
+                f"the gateway needs its extra: pip install 'otel-mixpanel[gateway]' ({error})"
+            ) from error
         self._exporter = _Ingest(**exporter_options)
         self.stats = self._exporter._stats
         self._server: Any = None
