@@ -48,14 +48,16 @@ def run_gateway(args: argparse.Namespace, credentials: Dict[str, Any]) -> int:
     if args.spool_dir:
         options["spool_dir"] = args.spool_dir
     gateway = Gateway(settings, **options)
+    # Before listening: a signal that comes as soon as the port answers still
+    # stops the gateway the orderly way (delivering what waits).
+    stop = threading.Event()
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), lambda *_: stop.set())
     try:
         url = gateway.start()
     except OSError as error:
         gateway.stop(0)
         raise CliError(f"cannot listen on {args.host}:{args.port}: {error}") from error
-    stop = threading.Event()
-    for name in ("SIGINT", "SIGTERM"):
-        signal.signal(getattr(signal, name), lambda *_: stop.set())
     print(f"otel-mixpanel gateway: OTLP/HTTP on {url}/v1/traces and {url}/v1/logs",
           file=sys.stderr, flush=True)
     stop.wait()
