@@ -162,6 +162,18 @@ class Gateway:
         bound = settings.spool_max_bytes if settings.spool_dir else settings.queue_max_bytes
         return int(bound * 0.9) - self._exporter._queue.waiting()[1]
 
+    def fits(self, size: int) -> bool:
+        """Whether a request of *size* bytes may be queued; a refusal is counted
+        (the sender keeps the data and retries). Never lets the queue evict."""
+        if self.room() >= size:
+            return True
+        self.refused()
+        return False
+
+    def refused(self) -> None:
+        """Count a busy answer (queue full, or too many requests in flight)."""
+        self.stats.dropped("gateway_refused_busy", log=False)
+
     def ingest(self, body: bytes, as_json: bool, traces: bool) -> Outcome:
         """Parse, translate and queue one request body; never waits for Mixpanel."""
         try:

@@ -78,7 +78,8 @@ class OTLPApp:
         if self._slots is None:
             self._slots = asyncio.Semaphore(settings.max_concurrent_requests)
         if self._slots.locked():  # busy: the sender keeps the data and retries
-            await self._busy(send, kind, "too many concurrent requests")
+            self.gateway.refused()
+            await self._busy(send, "too many concurrent requests")
             return
         async with self._slots:
             try:
@@ -90,8 +91,8 @@ class OTLPApp:
             except (zlib.error, ValueError):
                 await _answer(send, 400, b"bad gzip body", "text/plain")
                 return
-            if self.gateway.room() < len(body):  # never make the queue evict: refuse
-                await self._busy(send, kind, "the sending queue is full")
+            if not self.gateway.fits(len(body)):
+                await self._busy(send, "the sending queue is full")
                 return
             loop = asyncio.get_running_loop()
             outcome = await loop.run_in_executor(
@@ -101,8 +102,7 @@ class OTLPApp:
             return
         await _answer(send, 200, outcome.response(kind == JSON, traces), kind)
 
-    async def _busy(self, send: Send, kind: str, why: str) -> None:
-        self.gateway.stats.dropped("gateway_refused_busy", log=False)  # the sender retries
+    async def _busy(self, send: Send, why: str) -> None:
         retry = str(self.gateway.settings.retry_after)
         await _answer(send, 503, why.encode(), "text/plain", [(b"retry-after", retry.encode())])
 

@@ -31,8 +31,7 @@ def start_grpc(gateway: Any, host: str, port: int) -> Any:
             metadata = dict(context.invocation_metadata())
             if metadata.get("authorization") != f"Bearer {settings.ingest_token}":
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        if gateway.room() < request.ByteSize():  # never make the queue evict: refuse
-            gateway.stats.dropped("gateway_refused_busy", log=False)  # the sender retries
+        if not gateway.fits(request.ByteSize()):
             context.set_trailing_metadata((("google.rpc.retryinfo-bin", _retry_info(
                 settings.retry_after)),))
             context.abort(grpc.StatusCode.UNAVAILABLE, "the sending queue is full")
