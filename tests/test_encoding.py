@@ -1,4 +1,5 @@
-"""orjson, when installed, must give the very bytes json.dumps gives."""
+"""orjson (a dependency on CPython) must give the very bytes json.dumps gives,
+record by record and for a whole batch encoded in one call."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from otel_mixpanel._model import Event
 from otel_mixpanel._queue import _batch
 from otel_mixpanel._stats import Stats
 
-if _batch._orjson is None:  # not installed, or a release that spells floats unlike json
-    pytest.skip("no usable orjson here: json.dumps encodes every record", allow_module_level=True)
+if _batch._orjson is None:  # another interpreter than CPython
+    pytest.skip("no orjson here: json.dumps encodes every record", allow_module_level=True)
 
 
-def test_an_orjson_that_spells_floats_unlike_json_is_not_used() -> None:
-    assert _batch._orjson.dumps(1e16) == b"1e+16"
+def test_large_floats_are_spelt_as_json_spells_them_whatever_the_orjson_release() -> None:
+    # Releases before 3.12 (the newest for Python 3.9) write 1e16, json 1e+16.
+    payload = {"event": "E", "properties": {"x": 1e16, "y": -2.5e300, "z": 1e15}}
+    assert _batch.dumps(payload) == reference(payload)
+    assert _batch.dumps({"e": [1e16]}) in (None, reference({"e": [1e16]}))
 
 
 def reference(payload: Any) -> bytes:
@@ -91,3 +95,35 @@ def test_lone_surrogates_take_the_json_path() -> None:
     stats = Stats()
     record = _batch.encode(Event("E", {"x": "\ud800"}), None, stats)
     assert record == b'{"event":"E","properties":{"x":"\\\\ud800"}}'
+
+
+messages = st.lists(
+    st.builds(
+        lambda properties, duration: Event(
+            "E", {**properties, "$duration": duration, "time": 1, "distinct_id": "u"}),
+        st.dictionaries(st.text(), values, max_size=6),
+        st.floats(allow_nan=False, allow_infinity=False),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages)
+def test_a_batch_encoded_in_one_call_gives_each_record_s_own_bytes(events: Any) -> None:
+    stats, alone = Stats(), Stats()
+    together = _batch.encode_many(events, None, stats)
+    assert together == [_batch.encode(event, None, alone) for event in events]
+    assert stats.snapshot() == alone.snapshot()
+    saved = _batch._orjson
+    _batch._orjson = None
+    try:
+        assert together == [_batch.encode(event, None, Stats()) for event in events]
+    finally:
+        _batch._orjson = saved
+
+
+def test_newlines_in_values_do_not_split_a_batch_s_records() -> None:
+    events = [Event("E", {"x": "a\n,\n,b", "y": ",\n,"}), Event("F", {"x": "\n"})]
+    assert _batch.encode_many(events, None, Stats()) == [
+        reference(event.payload(None)) for event in events]

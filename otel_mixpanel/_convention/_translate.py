@@ -182,13 +182,27 @@ def _assign(fields: Dict[str, Any], name: str, value: Any, stats: Stats) -> None
     elif sub is not None:
         fields.setdefault(key.field, {})[sub] = value
     elif isinstance(value, Mapping):
-        keyed = fields.setdefault(key.field, {})
+        keyed = fields.get(key.field)
+        if keyed is None and type(value) is dict and _str_names(value):
+            fields[key.field] = dict(value)  # the usual case, copied in C
+            return
+        if keyed is None:
+            keyed = fields[key.field] = {}
         for inner, inner_value in value.items():
             keyed.setdefault(str(inner), inner_value)
     elif key.plain_field is not None:
         fields[key.plain_field] = value
     else:
         stats.dropped("not_a_mapping", detail=name)
+
+
+def _str_names(mapping: Dict[Any, Any]) -> bool:
+    """Whether every name is a str (the join runs in C and fails on any other)."""
+    try:
+        "".join(mapping)
+    except TypeError:
+        return False
+    return True
 
 
 def translate(record: Record, stats: Stats, *, trace_ids: bool = True) -> List[Message]:
@@ -220,7 +234,12 @@ def log_seed(
     """Stable content of a log record, so a re-exported record gets the same
     ``$insert_id`` and two different records never share one (whether it came
     from the SDK or over OTLP)."""
-    content = f"{time_ns}|{trace_id}|{span_id}|{body!r}|{dict(attributes)!r}"
+    # The SDK's BoundedAttributes keeps a plain dict: the same repr, without
+    # a copy made key by key through its Python-level Mapping methods.
+    plain = attributes if type(attributes) is dict else getattr(attributes, "_dict", None)
+    if type(plain) is not dict:
+        plain = dict(attributes)
+    content = f"{time_ns}|{trace_id}|{span_id}|{body!r}|{plain!r}"
     return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
