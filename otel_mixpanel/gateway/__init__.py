@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import threading
@@ -37,8 +38,12 @@ from otel_mixpanel._exceptions import ConfigurationError
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._inputs._otlp import OTLPInput, log_records, span_records
 from otel_mixpanel._model import Message
+from otel_mixpanel._stats import records_text
+from otel_mixpanel.gateway._logs import Refusals
 
 __all__ = ["Gateway", "GatewaySettings"]
+
+_logger = logging.getLogger(__name__)
 
 _IDS = ("traceId", "spanId", "parentSpanId")
 
@@ -134,6 +139,10 @@ class Gateway:
     *exporter_options* are those of :class:`otel_mixpanel.MixpanelSpanExporter`
     (token, region, spool_dir, queue_max_bytes, ...), each defaulting to its
     ``OTEL_EXPORTER_MIXPANEL_*`` variable.
+
+    It logs to the ``otel_mixpanel.gateway`` logger (records with an ``event``
+    field: ``listening``, ``refused``, rate limited, ``stopping``, ``drained``)
+    and never configures logging itself.
     """
 
     def __init__(self, settings: Optional[GatewaySettings] = None, **exporter_options: Any) -> None:
@@ -155,6 +164,8 @@ class Gateway:
         self.grpc_port: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
         self._socket: Optional[socket.socket] = None
+        self._refusals = Refusals(_logger)
+        self._listening = False
 
     def room(self) -> int:
         """Bytes the sending queue can still take before the gateway answers busy."""
@@ -170,9 +181,13 @@ class Gateway:
         self.refused()
         return False
 
-    def refused(self) -> None:
-        """Count a busy answer (queue full, or too many requests in flight)."""
-        self.stats.dropped("gateway_refused_busy", log=False)
+    def refused(self, reason: str = "busy", detail: str = "") -> None:
+        """Count a refused request and log it, rate limited: ``busy`` (queue
+        full, or too many requests in flight; also counted ``gateway_refused_busy``),
+        ``unauthenticated``, ``too_large``, ``unsupported_media_type``, ``bad_request``."""
+        if reason == "busy":
+            self.stats.dropped("gateway_refused_busy", log=False)
+        self._refusals.note(reason, detail)
 
     def ingest(self, body: bytes, as_json: bool, traces: bool) -> Outcome:
         """Parse, translate and queue one request body; never waits for Mixpanel."""
@@ -180,7 +195,8 @@ class Gateway:
             parse = self._input.parse_traces if traces else self._input.parse_logs
             request, _ = parse(_protobuf_of_json(body, traces) if as_json else body)
         except Exception as error:  # the sender must not retry what can never parse
-            self.stats.dropped("gateway_bad_request", detail=type(error).__name__)
+            self.stats.dropped("gateway_bad_request", log=False)  # the refusal's line says it
+            self.refused("bad_request", f"cannot parse the OTLP body: {type(error).__name__}")
             return Outcome(f"cannot parse the OTLP body: {type(error).__name__}")
         return self.deliver(request, traces=traces)
 
@@ -204,8 +220,10 @@ class Gateway:
         self.stats.dropped("own_log_record", detail=scope)
 
     def status(self) -> Dict[str, Any]:
-        """The counters (as ``stats()`` of an exporter) and the room left."""
-        return {**self.stats.snapshot(), "room_bytes": self.room()}
+        """The counters (as ``stats()`` of an exporter), the room left, and the
+        requests ``refused`` since start by reason."""
+        return {**self.stats.snapshot(), "room_bytes": self.room(),
+                "refused": self._refusals.totals()}
 
     def app(self) -> Any:
         """The ASGI application (to serve it yourself)."""
@@ -222,7 +240,10 @@ class Gateway:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((self.settings.host, self.settings.port))
         port = self._socket.getsockname()[1]
-        config = uvicorn.Config(self.app(), log_level="warning", timeout_graceful_shutdown=5,
+        # log_config=None: uvicorn's loggers stay as the process set them (the
+        # command formats them like ours; an embedding application decides).
+        config = uvicorn.Config(self.app(), log_config=None, log_level=None,
+                                timeout_graceful_shutdown=5,
                                 ssl_certfile=self.settings.tls_certfile,
                                 ssl_keyfile=self.settings.tls_keyfile)
         self._server = uvicorn.Server(config)
@@ -242,10 +263,29 @@ class Gateway:
             time.sleep(0.01)
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
         scheme = "https" if self.settings.tls_certfile else "http"
-        return f"{scheme}://{host}:{port}"
+        url = f"{scheme}://{host}:{port}"
+        if self._server.started:
+            self._listening = True
+            _logger.info("OTLP/HTTP on %s/v1/traces and %s/v1/logs", url, url,
+                         extra={"event": "listening", "protocol": "http", "url": url})
+        if self.grpc_port is not None:
+            grpc_url = f"{scheme}://{host}:{self.grpc_port}"
+            self._listening = True
+            _logger.info("OTLP/gRPC on %s", grpc_url,
+                         extra={"event": "listening", "protocol": "grpc", "url": grpc_url})
+        return url
 
     def stop(self, timeout_millis: Optional[float] = None) -> None:
         """Stop listening, then drain the sending queue within its shutdown budget."""
+        listening, self._listening = self._listening, False
+        budget = self._exporter._shutdown_budget(timeout_millis)
+        began = time.monotonic()
+        if listening:
+            waiting = self._exporter._queue.waiting()[0]
+            _logger.info("stopping: no longer listening; delivering what waits (%s now) "
+                         "for at most %.1f s", records_text(waiting), budget,
+                         extra={"event": "stopping", "waiting": waiting,
+                                "budget_seconds": budget})
         if self._grpc is not None:
             self._grpc.stop(grace=5).wait(10)
         if self._server is not None:
@@ -254,7 +294,26 @@ class Gateway:
             self._thread.join(timeout=10)
         if self._socket is not None:
             self._socket.close()
+        self._refusals.flush()  # no request comes any more: the held-back counts
         self._exporter.shutdown(timeout_millis)
+        if listening:
+            self._drained(budget, time.monotonic() - began)
+
+    def _drained(self, budget: float, seconds: float) -> None:
+        # None: another exporter in this process still uses the queue (not closed).
+        delivered_all = self._exporter._queue.delivered_all is not False
+        status = self.status()
+        waiting = status["waiting"]["records"]
+        lost = status["dropped"].get("undelivered_at_shutdown", 0)
+        fields = {"event": "drained", "delivered_all": delivered_all, "seconds": round(seconds, 3),
+                  "budget_seconds": budget, "stats": status}
+        if delivered_all:
+            _logger.info("drained: everything delivered in %.1f s (%d sent since start)",
+                         seconds, sum(status["sent"].values()), extra=fields)
+        else:
+            _logger.warning("drained partly: the %.1f s budget ran out with records left "
+                            "(%d kept in the spool, %d lost)", budget, waiting, lost,
+                            extra=fields)
 
 
 def _protobuf_of_json(body: bytes, traces: bool) -> bytes:

@@ -69,10 +69,12 @@ class OTLPApp:
         if settings.ingest_token is not None and (
             headers.get("authorization") != f"Bearer {settings.ingest_token}"
         ):
+            self.gateway.refused("unauthenticated")
             await _answer(send, 401, b"missing or wrong bearer token", "text/plain")
             return
         kind = headers.get("content-type", PROTOBUF).split(";")[0].strip().lower()
         if kind not in (PROTOBUF, JSON):
+            self.gateway.refused("unsupported_media_type", kind[:100])
             await _answer(send, 415, b"protobuf or JSON", "text/plain")
             return
         if self._slots is None:
@@ -86,9 +88,11 @@ class OTLPApp:
                 body = await _read(receive, headers.get("content-encoding", ""),
                                    settings.max_request_bytes)
             except TooLarge:
+                self.gateway.refused("too_large")
                 await _answer(send, 413, b"request too large", "text/plain")
                 return
             except (zlib.error, ValueError):
+                self.gateway.refused("bad_request", "bad gzip body")
                 await _answer(send, 400, b"bad gzip body", "text/plain")
                 return
             if not self.gateway.fits(len(body)):

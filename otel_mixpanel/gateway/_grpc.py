@@ -30,6 +30,7 @@ def start_grpc(gateway: Any, host: str, port: int) -> Any:
         if settings.ingest_token is not None:
             metadata = dict(context.invocation_metadata())
             if metadata.get("authorization") != f"Bearer {settings.ingest_token}":
+                gateway.refused("unauthenticated")
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         if not gateway.fits(request.ByteSize()):
             context.set_trailing_metadata((("google.rpc.retryinfo-bin", _retry_info(
