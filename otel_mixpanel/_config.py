@@ -54,6 +54,7 @@ class Settings:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     property_allowlist: Optional[FrozenSet[str]] = None
     property_denylist: FrozenSet[str] = frozenset()
+    offload: bool = True
 
     @property
     def uses_service_account(self) -> bool:
@@ -234,6 +235,7 @@ def resolve_settings(
     property_denylist: Optional[Iterable[str]] = None,
     queue_max_bytes: Optional[int] = None,
     shutdown_timeout: Optional[float] = None,
+    offload: Optional[str] = None,
     environ: Optional[Mapping[str, str]] = None,
 ) -> Settings:
     """Resolve every setting, raising :class:`ConfigurationError` for a bad one."""
@@ -300,4 +302,16 @@ def resolve_settings(
         property_denylist=_resolve_names(
             property_denylist, env.OTEL_EXPORTER_MIXPANEL_PROPERTY_DENYLIST, environ
         ) or frozenset(),
+        offload=_resolve_offload(offload, environ),
     )
+
+
+def _resolve_offload(argument: Optional[str], environ: Mapping[str, str]) -> bool:
+    value = _pick(argument, env.OTEL_EXPORTER_MIXPANEL_OFFLOAD, environ)
+    if value is None:
+        return True
+    choice = value.strip().lower()
+    if choice not in ("auto", "off"):
+        names = _names("offload", env.OTEL_EXPORTER_MIXPANEL_OFFLOAD)
+        raise ConfigurationError(f"{names} must be 'auto' or 'off', not {value!r}")
+    return choice == "auto"

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "OTEL_EXPORTER_MIXPANEL_API_HOST",
     "OTEL_EXPORTER_MIXPANEL_COMPRESSION",
+    "OTEL_EXPORTER_MIXPANEL_OFFLOAD",
     "OTEL_EXPORTER_MIXPANEL_PROJECT_ID",
     "OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST",
     "OTEL_EXPORTER_MIXPANEL_PROPERTY_DENYLIST",
@@ -81,6 +82,13 @@ OTEL_EXPORTER_MIXPANEL_SHUTDOWN_TIMEOUT = "OTEL_EXPORTER_MIXPANEL_SHUTDOWN_TIMEO
 """Seconds ``shutdown()`` keeps delivering what waits (default 20; a shorter
 timeout given by the provider wins). What is left then stays in the spool, or
 is counted lost (``undelivered_at_shutdown``) with the memory queue."""
+
+OTEL_EXPORTER_MIXPANEL_OFFLOAD = "OTEL_EXPORTER_MIXPANEL_OFFLOAD"
+"""``auto`` (default) or ``off``. Under load (batches of 256 records and
+more), ``configure()``'s batch worker hands translation and encoding to a
+helper process, so they stop competing with the application's threads for the
+interpreter lock; the bytes sent are the same. ``off`` keeps all of it in the
+application's process."""
 
 OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST = "OTEL_EXPORTER_MIXPANEL_PROPERTY_ALLOWLIST"
 """Comma-separated property names: when set, only these (and ``time``,

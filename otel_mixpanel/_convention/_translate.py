@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from otel_mixpanel._convention import _table as c
 from otel_mixpanel._convention._updates import (
@@ -225,6 +225,19 @@ def translate(record: Record, stats: Stats, *, trace_ids: bool = True) -> List[M
         messages.extend(profile_updates(fields, distinct_id, time_ms, stats))
     if not present.isdisjoint(GROUP_FIELDS):
         messages.extend(group_updates(fields, stats))
+    return messages
+
+
+def translate_all(
+    records: Iterable[Record], stats: Stats, *, trace_ids: bool = True
+) -> List[Message]:
+    """Translate *records* in order; one bad record never costs the others."""
+    messages: List[Message] = []
+    for record in records:
+        try:
+            messages.extend(translate(record, stats, trace_ids=trace_ids))
+        except Exception as error:
+            stats.dropped("translation_error", detail=type(error).__name__)
     return messages
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from otel_mixpanel import _queue
 from otel_mixpanel._config import Settings, resolve_settings
-from otel_mixpanel._convention._translate import Record, translate
+from otel_mixpanel._convention._translate import Record, translate_all
 from otel_mixpanel._metrics import observe
 from otel_mixpanel._model import Message
 from otel_mixpanel._queue._retry import RetryPolicy
@@ -54,6 +54,9 @@ class MixpanelExporterBase:
         spool_max_bytes: the spool's size bound (default 64 MiB).
         queue_max_bytes: the memory queue's size bound (default 64 MiB).
         shutdown_timeout: seconds ``shutdown()`` keeps delivering (default 20).
+        offload: ``auto`` (default): under load, ``configure()``'s batch worker
+            translates in a helper process, off the application's interpreter
+            lock (same bytes); ``off`` keeps it in this process.
         property_allowlist: when given, only these property names are sent.
         property_denylist: property names never sent.
         retry_policy: backoff between attempts (default: Mixpanel's guidance).
@@ -86,6 +89,7 @@ class MixpanelExporterBase:
         property_denylist: Optional[Iterable[str]] = None,
         queue_max_bytes: Optional[int] = None,
         shutdown_timeout: Optional[float] = None,
+        offload: Optional[str] = None,
         retry_policy: Optional[RetryPolicy] = None,
         meter_provider: Any = None,
         transport: Optional[Transport] = None,
@@ -107,6 +111,7 @@ class MixpanelExporterBase:
             property_denylist=property_denylist,
             queue_max_bytes=queue_max_bytes,
             shutdown_timeout=shutdown_timeout,
+            offload=offload,
         )
         # Exporters to the same destination share one queue and its counters.
         self._queue, created = _queue.acquire(
@@ -147,14 +152,7 @@ class MixpanelExporterBase:
 
     def _messages(self, records: Iterable[Record]) -> List[Message]:
         """Translate *records*; one bad record never costs the others."""
-        messages: List[Message] = []
-        trace_ids = self._settings.trace_ids
-        for record in records:
-            try:
-                messages.extend(translate(record, self._stats, trace_ids=trace_ids))
-            except Exception as error:
-                self._stats.dropped("translation_error", detail=type(error).__name__)
-        return messages
+        return translate_all(records, self._stats, trace_ids=self._settings.trace_ids)
 
     def _deliver(self, records: Iterable[Record]) -> bool:
         """Translate and queue, then wait while Mixpanel answers (at most

@@ -29,9 +29,10 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from otel_mixpanel._compat import LogRecordProcessor
 from otel_mixpanel._context import instrumentation_suppressed
-from otel_mixpanel._convention._translate import is_tagged
+from otel_mixpanel._convention._translate import Record, is_tagged
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._model import Message
+from otel_mixpanel._offload import Offload, replay
 from otel_mixpanel._queue import SendingQueue
 
 QUEUE_FULL = "queue_full"
@@ -69,6 +70,7 @@ class Intake:
         self._doors = 0
         self._shutdown = False
         self._worker: Optional[threading.Thread] = None
+        self.offload = Offload(queue.settings, enabled=queue.settings.offload)
         _ALL.add(self)
 
     def open_door(self, kind: int, exporter: MixpanelExporterBase) -> None:
@@ -105,6 +107,7 @@ class Intake:
             self._awake.wait(self._delay)
             self._awake.clear()
             self._export(everything=False)
+            self.offload.idle()
             self.queue.stats.log_due()  # queue_full counts reach the log within a minute
         self._export(everything=True)
 
@@ -118,21 +121,33 @@ class Intake:
                     break
 
     def _submit(self, batch: List[Tuple[int, Any]]) -> None:
-        """Translate runs of each signal in order, then one submission."""
-        messages: List[Message] = []
+        """Translate runs of each signal in order, then one submission: in the
+        helper process when the batch is big enough and it is running."""
+        runs: List[Tuple[MixpanelExporterBase, List[Record]]] = []
         for kind, run in itertools.groupby(batch, key=operator.itemgetter(0)):
             exporter = self.exporters[kind]
             if exporter is not None:
-                messages.extend(exporter._messages(exporter._records([item for _, item in run])))
+                runs.append((exporter, list(exporter._records([item for _, item in run]))))
         owner = self.exporters[_SPAN] or self.exporters[_LOG]
-        if owner is not None:
-            try:
-                # No waiting for Mixpanel's answer: this thread must keep
-                # draining the buffer whatever Mixpanel does (a hanging request
-                # would otherwise fill it); force_flush() waits for answers.
-                owner._submit(messages, wait=False)
-            except Exception:  # pragma: no cover - never into the worker loop
-                owner._logger.exception("Mixpanel export failed")
+        if owner is None:
+            return
+        try:
+            offloaded = self.offload.run([(record, exporter._settings.trace_ids)
+                                          for exporter, records in runs for record in records])
+            if offloaded is not None:
+                batches, calls = offloaded
+                replay(calls, owner._stats)
+                self.queue.submit_encoded(batches)
+                return
+            messages: List[Message] = []
+            for exporter, records in runs:
+                messages.extend(exporter._messages(records))
+            # No waiting for Mixpanel's answer: this thread must keep
+            # draining the buffer whatever Mixpanel does (a hanging request
+            # would otherwise fill it); force_flush() waits for answers.
+            owner._submit(messages, wait=False)
+        except Exception:  # pragma: no cover - never into the worker loop
+            owner._logger.exception("Mixpanel export failed")
 
     def force_flush(self, timeout_millis: float) -> bool:
         deadline = time.monotonic() + timeout_millis / 1000
@@ -151,6 +166,7 @@ class Intake:
         self._awake.set()
         if self._worker is not None:
             self._worker.join()
+        self.offload.close()
         for exporter in self.exporters:
             if exporter is not None:
                 left = None
@@ -160,6 +176,7 @@ class Intake:
 
     def _after_fork(self) -> None:
         self._items.clear()  # the parent's to export
+        self.offload.after_fork()
         self._awake = threading.Event()
         self._export_lock = threading.Lock()
         if not self._shutdown:

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from otel_mixpanel._config import Settings
 from otel_mixpanel._model import Endpoint, Event, IdentityEvent, Message
-from otel_mixpanel._queue._batch import Batch
+from otel_mixpanel._queue._batch import Batch, make_batches
+from otel_mixpanel._queue._limits import Limits
 from otel_mixpanel._queue._responses import read_response
 from otel_mixpanel._queue._transport import HTTPResponse, RequestsTransport, Transport
 from otel_mixpanel._stats import Stats
@@ -69,6 +70,17 @@ def sendable(messages: List[Message], settings: Settings, stats: Stats) -> List[
             "(OTEL_EXPORTER_MIXPANEL_TOKEN) beside the service account",
         )
     return kept
+
+
+def prepare(
+    messages: Sequence[Message], limits: Limits, settings: Settings, stats: Stats
+) -> List[Tuple[Endpoint, List[bytes]]]:
+    """*messages* within Mixpanel's limits, encoded, in requests' order: what
+    the sending queue keeps. Pure (it counts in *stats*), so the helper
+    process runs it as the queue does."""
+    kept = sendable(limits.apply(messages), settings, stats)
+    return [(batch.endpoint, batch.records)
+            for batch in make_batches(kept, settings.token, stats)]
 
 
 class Counts:

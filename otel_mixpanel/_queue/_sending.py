@@ -24,14 +24,14 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from otel_mixpanel._config import Settings
 from otel_mixpanel._context import instrumentation_suppressed
-from otel_mixpanel._model import Message
+from otel_mixpanel._model import Endpoint, Message
 from otel_mixpanel._queue._backend import Backend, MemoryBackend, Take
-from otel_mixpanel._queue._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_batches
-from otel_mixpanel._queue._client import KIND, Client, Counts, sendable
+from otel_mixpanel._queue._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
+from otel_mixpanel._queue._client import KIND, Client, Counts, prepare
 from otel_mixpanel._queue._disk import DiskBackend
 from otel_mixpanel._queue._limits import Limits
 from otel_mixpanel._queue._retry import RetryPolicy
@@ -127,22 +127,25 @@ class SendingQueue:
         if self._closed:  # not worth the limits and the encoding
             self._refuse_closed(len(messages))
             return None
-        kept = sendable(self._limits.apply(messages), self.settings, self.stats)
-        batches = make_batches(kept, self.settings.token, self.stats)
+        return self.submit_encoded(prepare(messages, self._limits, self.settings, self.stats))
+
+    def submit_encoded(self, batches: Sequence[Tuple[Endpoint, List[bytes]]]) -> Optional[Any]:
+        """Queue records already limited and encoded (by :func:`prepare`, here or
+        in the helper process); the ticket of the last batch, as :meth:`submit`."""
         ticket = None
         with self._locked():
             if self._closed:  # closed while these were encoded: counted, not stranded
-                self._refuse_closed(len(kept))
+                self._refuse_closed(sum(len(records) for _, records in batches))
                 return None
             compact = isinstance(self._backend, MemoryBackend) and (
                 bool(self._failures) or self._backend.count()[1] > PACK_AFTER_BYTES
             )
-            for batch in batches:
+            for endpoint, records in batches:
                 try:
-                    added = self._backend.append(batch.endpoint, batch.records, compact=compact)
+                    added = self._backend.append(endpoint, records, compact=compact)
                 except (OSError, ValueError) as error:
                     self.stats.dropped(
-                        "spool_write_failed", len(batch.records), detail=type(error).__name__
+                        "spool_write_failed", len(records), detail=type(error).__name__
                     )
                     continue
                 if added is not None:

@@ -1,0 +1,199 @@
+"""Translation off the application's interpreter lock, in a helper process.
+
+The batch worker translates, limits and encodes about 12 µs of Python per
+event, and while it does, the application's request threads wait for the
+interpreter lock: under load, that is most of what a tagged event costs them.
+When a batch is big (the application is busy), the worker hands its records to
+a helper process and waits on a pipe, holding no lock; the helper runs the very
+same functions on another core and answers with the encoded records, which go
+into the same sending queue. Small batches (light load) never start it; it
+stops after a minute without work, and the application can fork at any time.
+
+Whatever goes wrong (it cannot start, it dies, a value would not cross the
+pipe unchanged) the batch is translated in the application as before, so
+nothing is lost or sent differently; a failure is logged once, and the
+application then keeps the work for the rest of its life.
+``OTEL_EXPORTER_MIXPANEL_OFFLOAD=off`` (or ``offload="off"``) keeps it there
+from the start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Optional, Sequence, Tuple
+
+from otel_mixpanel._config import Settings
+from otel_mixpanel._offload._wire import (
+    Batches,
+    Calls,
+    Row,
+    dump_records,
+    dump_settings,
+    load_reply,
+    read_frame,
+    replay,
+    widen,
+    write_frame,
+)
+
+__all__ = ["MIN_RECORDS", "Offload", "replay"]
+
+_logger = logging.getLogger("otel_mixpanel")
+# A batch this big means the application is busy: below it, the pipe's round
+# trip is not worth it (and an application under light load never starts it).
+MIN_RECORDS = 256
+IDLE_SECONDS = 60.0
+_BOOT = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from otel_mixpanel._offload._helper import main; sys.exit(main())"
+)
+
+
+def supported() -> Optional[str]:
+    """Why no helper can be started here, or None when one can."""
+    if getattr(sys, "frozen", False):
+        return "a frozen application"
+    name = os.path.basename(sys.executable or "").lower()
+    if not name.startswith("python"):
+        return f"the interpreter is not a python executable ({name or 'unknown'})"
+    return None
+
+
+class Offload:
+    """The application's side: starts the helper on demand, hands it batches."""
+
+    def __init__(self, settings: Settings, *, enabled: bool = True) -> None:
+        self._settings = settings
+        self._enabled = enabled
+        self._lock = threading.Lock()
+        self._process: Optional[subprocess.Popen[bytes]] = None
+        self._ready = threading.Event()
+        self._failed: Optional[str] = None if enabled else "off"
+        self._last_used = 0.0
+        self.batches = 0  # handed over and answered (tests, status)
+
+    @property
+    def state(self) -> str:
+        """``off``, ``failed: ...``, ``idle``, ``starting`` or ``running``."""
+        if self._failed is not None:
+            return self._failed if self._failed == "off" else f"failed: {self._failed}"
+        if self._process is None:
+            return "idle"
+        return "running" if self._ready.is_set() else "starting"
+
+    def run(self, rows: Sequence[Row]) -> Optional[Tuple[Batches, Calls]]:
+        """The encoded batches and counts for *rows*, or None: translate them here."""
+        if self._failed is not None or len(rows) < MIN_RECORDS:
+            return None
+        with self._lock:
+            if self._process is None:
+                self._start()
+                return None
+            if not self._ready.is_set():
+                return None
+            body = dump_records(rows)
+            if body is None:
+                return None
+            process = self._process
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                write_frame(process.stdin, body)
+                reply = read_frame(process.stdout)
+                if reply is None:
+                    raise EOFError(f"it ended (exit code {process.poll()})")
+                result = load_reply(reply)
+            except Exception as error:
+                self._fail(f"{type(error).__name__}: {error}")
+                return None
+            self._last_used = time.monotonic()
+            self.batches += 1
+            return result
+
+    def _start(self) -> None:
+        why = supported()
+        if why is not None:
+            self._failed = why
+            return
+        try:
+            # Isolated (-I): no PYTHON* variables, so no sitecustomize of
+            # opentelemetry-instrument instrumenting the helper itself; the
+            # application's own import path is given instead, whatever set it up.
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            )
+            assert process.stdin is not None and process.stdout is not None
+            widen(process.stdin)
+            widen(process.stdout)
+            write_frame(process.stdin, dump_settings(self._settings))
+            self._process = process
+            self._ready = threading.Event()
+            threading.Thread(target=self._await_ready, args=(process.stdout, self._ready),
+                             name="otel-mixpanel-offload", daemon=True).start()
+        except Exception as error:
+            self._fail(f"{type(error).__name__}: {error}")
+        self._last_used = time.monotonic()
+
+    def _await_ready(self, answers: IO[bytes], ready: threading.Event) -> None:
+        if read_frame(answers) is not None:
+            ready.set()
+        else:  # it could not even start: say why once, keep the work here
+            with self._lock:
+                if self._process is not None and self._process.stdout is answers:
+                    self._fail("it ended while starting (see its output above)")
+
+    def _fail(self, why: str) -> None:
+        self._failed = why
+        _logger.warning("otel-mixpanel: the helper process that translates under load failed "
+                        "(%s); translating in the application from now on", why)
+        self._stop(wait=0.0)
+
+    def idle(self) -> None:
+        """Stop a helper that has had no batch for a minute (it starts again when needed)."""
+        if self._process is not None and time.monotonic() - self._last_used > IDLE_SECONDS:
+            with self._lock:
+                self._stop(wait=1.0)
+
+    def close(self) -> None:
+        """Stop the helper (the application is done with it)."""
+        with self._lock:
+            self._stop(wait=2.0)
+
+    def _stop(self, wait: float) -> None:
+        process, self._process = self._process, None
+        self._ready = threading.Event()
+        if process is None:
+            return
+        for stream in (process.stdin, process.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            process.wait(wait)  # it ends when its input does
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    def after_fork(self) -> None:
+        """In a forked child: the helper is the parent's. Our copies of its pipes
+        are closed (else it would never see its input end), never used."""
+        process, self._process = self._process, None
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        if process is not None:
+            for stream in (process.stdin, process.stdout):
+                try:
+                    if stream is not None:
+                        os.close(stream.fileno())
+                except OSError:
+                    pass
+            process.returncode = 0  # not ours to wait for
+

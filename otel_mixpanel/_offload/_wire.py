@@ -1,0 +1,198 @@
+"""What crosses the pipe between the application and its helper process.
+
+A frame is a 4-byte big-endian length and that many bytes. The application
+sends one settings frame, then one frame per batch of records; the helper
+answers each with the batch's encoded records and what it counted.
+
+Records travel as JSON (orjson, one call per batch): every attribute value
+the SDK allows comes back equal, except what :func:`dump_records` refuses
+(bytes, ints beyond 64 bits, non-str keys, NaN and infinity, which orjson
+would write as ``null``): such a batch is translated in the application, as
+before, so the helper never changes a byte of what is sent.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+
+import orjson
+
+from otel_mixpanel._config import Settings
+from otel_mixpanel._convention._translate import Record
+from otel_mixpanel._model import Endpoint
+from otel_mixpanel._stats import Stats
+
+_LENGTH = struct.Struct(">I")
+PIPE_BYTES = 1024 * 1024  # Linux's default most a process may ask for
+_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+Row = Tuple[Record, bool]  # a record and whether its events carry trace ids
+Batches = List[Tuple[Endpoint, List[bytes]]]
+Calls = List[Tuple[str, str, int, Optional[str]]]  # verb, reason, count, detail (None: no line)
+_ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}
+
+
+def write_frame(stream: IO[bytes], *parts: bytes) -> None:
+    """One frame, in as few writes as the pipe takes (each write may let
+    another thread take the interpreter lock, and getting it back can cost
+    a switch interval)."""
+    data = memoryview(b"".join((_LENGTH.pack(sum(map(len, parts))), *parts)))
+    while data:
+        written = stream.write(data)
+        data = data[written if written is not None else len(data):]
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> Optional[bytes]:
+    """The next frame, or None at the end of the stream (the other side is gone)."""
+    head = _read_exactly(stream, _LENGTH.size)
+    if head is None:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    return _read_exactly(stream, length)
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> Optional[bytes]:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        count = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not count:
+            return None
+        got += count
+    return bytes(buffer)
+
+
+def widen(stream: IO[bytes]) -> None:
+    """Make the pipe behind *stream* hold a whole batch, where the system lets
+    us (Linux): one write and one read per frame instead of sixteen."""
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+def dump_settings(settings: Settings) -> bytes:
+    """What the helper needs of the settings: no secret crosses the pipe."""
+    return orjson.dumps({
+        "token": settings.token,
+        "service_account": settings.uses_service_account,
+        "allowlist": sorted(settings.property_allowlist)
+        if settings.property_allowlist is not None else None,
+        "denylist": sorted(settings.property_denylist),
+    })
+
+
+def load_settings(data: bytes) -> Settings:
+    fields = orjson.loads(data)
+    allowlist = fields["allowlist"]
+    return Settings(
+        base_url="",
+        token=fields["token"],
+        service_account_username="(in the application)" if fields["service_account"] else None,
+        property_allowlist=frozenset(allowlist) if allowlist is not None else None,
+        property_denylist=frozenset(fields["denylist"]),
+    )
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+def _plain(mapping: Any) -> Any:
+    """A mapping's plain dict (the SDK's BoundedAttributes keeps one)."""
+    if type(mapping) is dict:
+        return mapping
+    inner = getattr(mapping, "_dict", None)
+    return inner if type(inner) is dict else dict(mapping)
+
+
+def dump_records(rows: Sequence[Row]) -> Optional[bytes]:
+    """*rows* as one frame's body, or None when a value would not come back equal."""
+    resources: Dict[int, int] = {}
+    shared: List[Any] = []
+    meta: List[Any] = []
+    values: List[Any] = []
+    for record, trace_ids in rows:
+        resource = record.resource
+        index = resources.get(id(resource))
+        if index is None:
+            index = resources[id(resource)] = len(shared)
+            shared.append(_plain(resource))
+        meta.append((record.time_ms, record.insert_id_seed, record.position, record.trace_id,
+                     record.span_id, record.duration, index, trace_ids))
+        values.append(_plain(record.attributes))
+        values.append(_plain(record.inherited) if record.inherited else {})
+    try:
+        data = orjson.dumps([shared, values], default=_refuse, option=_OPTIONS)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    # orjson writes NaN and infinity as null; a None the SDK kept is rare: both stay home.
+    if b"null" in data:
+        return None
+    head = orjson.dumps(meta)
+    return _LENGTH.pack(len(head)) + head + data
+
+
+def load_records(body: bytes) -> List[Row]:
+    (length,) = _LENGTH.unpack_from(body)
+    meta = orjson.loads(body[_LENGTH.size:_LENGTH.size + length])
+    shared, values = orjson.loads(body[_LENGTH.size + length:])
+    rows: List[Row] = []
+    for number, (time_ms, seed, position, trace_id, span_id, duration, index, trace_ids) in (
+        enumerate(meta)
+    ):
+        inherited = values[2 * number + 1]
+        record = Record(values[2 * number], time_ms, seed, position, trace_id, span_id, duration,
+                        shared[index])
+        if inherited:
+            record = record._replace(inherited=inherited)
+        rows.append((record, trace_ids))
+    return rows
+
+
+def dump_reply(batches: Batches, calls: Calls) -> Tuple[bytes, bytes]:
+    head = orjson.dumps([[[endpoint.value, len(records)] for endpoint, records in batches], calls])
+    # Compact JSON never holds a raw newline: the records split back exactly.
+    return _LENGTH.pack(len(head)) + head, b"\n".join(
+        record for _, records in batches for record in records)
+
+
+def load_reply(body: bytes) -> Tuple[Batches, Calls]:
+    (length,) = _LENGTH.unpack_from(body)
+    shape, calls = orjson.loads(body[_LENGTH.size:_LENGTH.size + length])
+    records = body[_LENGTH.size + length:].split(b"\n") if shape else []
+    batches: Batches = []
+    start = 0
+    for endpoint, count in shape:
+        batches.append((_ENDPOINTS[endpoint], records[start:start + count]))
+        start += count
+    return batches, [tuple(call) for call in calls]
+
+
+class Recorder(Stats):
+    """The helper's counters: each call kept, to be made again in the application."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Calls = []
+
+    def dropped(self, reason: str, count: int = 1, detail: str = "", *, log: bool = True) -> None:
+        self.calls.append(("dropped", reason, count, detail if log else None))
+
+    def adjusted(self, reason: str, count: int = 1, detail: str = "") -> None:
+        self.calls.append(("adjusted", reason, count, detail))
+
+
+def replay(calls: Calls, stats: Stats) -> None:
+    """Count in the application what the helper counted, with the same log lines."""
+    for verb, reason, count, detail in calls:
+        if verb == "dropped":
+            stats.dropped(reason, count, detail or "", log=detail is not None)
+        else:
+            stats.adjusted(reason, count, detail or "")

@@ -1,0 +1,248 @@
+"""The helper process that translates big batches off the application's
+interpreter lock: the same bytes and counts as translating here, never a loss
+when it fails, never started under light load or when switched off."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import time
+import warnings
+from typing import Any, Iterator, List, Mapping
+
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+import otel_mixpanel
+from otel_mixpanel import ConfigurationError, MixpanelSpanExporter
+from otel_mixpanel._convention._translate import translate_all
+from otel_mixpanel._inputs import _intake
+from otel_mixpanel._offload import MIN_RECORDS, Offload, _wire
+from otel_mixpanel._queue._client import prepare
+from otel_mixpanel._queue._limits import Limits
+from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import finished_spans
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+@pytest.fixture
+def exporter(mixpanel: LocalMixpanel) -> Iterator[MixpanelSpanExporter]:
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url,
+                                    property_denylist=["secret"])
+    yield exporter
+    exporter.shutdown()
+
+
+@pytest.fixture
+def helper(exporter: MixpanelSpanExporter) -> Iterator[Offload]:
+    offload = Offload(exporter._settings)
+    rows = rows_of(exporter, [{"mixpanel.event": "Warm", "mixpanel.distinct_id": "u"}])
+    assert offload.run(rows * MIN_RECORDS) is None  # the first big batch starts it
+    assert wait_until(lambda: offload.state == "running"), offload.state
+    yield offload
+    offload.close()
+
+
+def rows_of(exporter: MixpanelSpanExporter, sets: List[Mapping[str, Any]]) -> List[_wire.Row]:
+    return [(record, True) for record in exporter._records(finished_spans(*sets))]
+
+
+VARIED: List[Mapping[str, Any]] = [
+    {"mixpanel.event": "Paid", "mixpanel.user_id": "u1", "mixpanel.properties.plan": "pro",
+     "mixpanel.properties.price": 29.99, "mixpanel.properties.tags": ("a", "b"),
+     "mixpanel.properties.tiny": 1e-7, "mixpanel.properties.huge": 1e300,
+     "mixpanel.properties.big": 2**60, "mixpanel.properties.secret": "x"},
+    {"mixpanel.distinct_id": "u2", "mixpanel.people.set.plan": "pro",
+     "mixpanel.people.add.visits": 1, "mixpanel.people.union.tags": ("a",),
+     "mixpanel.group.set.company.acme.size": 10},
+    {"mixpanel.event": "Signed Up", "mixpanel.device_id": "d1",
+     "mixpanel.identify.anon_id": "anon", "mixpanel.properties.time": 5,
+     "mixpanel.properties.long": "x" * 400, "mixpanel.not_a_key": 1},
+    {"mixpanel.event": "", "mixpanel.distinct_id": "u3"},  # counted: invalid_event_name
+    {"mixpanel.event": "é" * 80, "mixpanel.distinct_id": "undefined",
+     "mixpanel.insert_id": "not valid!", "mixpanel.time": "2026-01-01T00:00:00Z"},
+]
+
+
+def test_the_helper_sends_the_same_bytes_and_counts_as_the_application(
+    exporter: MixpanelSpanExporter, helper: Offload,
+) -> None:
+    rows = rows_of(exporter, VARIED * 60)
+    offloaded = helper.run(rows)
+    assert offloaded is not None and helper.batches == 1
+    here = _wire.Recorder()
+    limits = Limits(here, allowlist=None, denylist=frozenset({"secret"}))
+    expected = prepare(translate_all([r for r, _ in rows], here), limits,
+                       exporter._settings, here)
+    batches, calls = offloaded
+    assert batches == expected
+    assert sorted(calls) == sorted(here.calls) and calls  # the same reasons, counts, details
+
+
+def test_a_value_that_would_not_cross_unchanged_is_translated_here(
+    exporter: MixpanelSpanExporter, helper: Offload,
+) -> None:
+    plain = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])[0][0]
+    for odd in (math.nan, math.inf, b"bytes", 2**70, {1: "non-str key"}, "\ud800"):
+        record = plain._replace(attributes={**plain.attributes, "mixpanel.properties.x": odd})
+        assert helper.run([(record, True)] * MIN_RECORDS) is None, odd
+    assert helper.state == "running"  # declining a batch is no failure
+
+
+def test_light_load_never_starts_it(exporter: MixpanelSpanExporter) -> None:
+    offload = Offload(exporter._settings)
+    rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])
+    assert offload.run(rows * (MIN_RECORDS - 1)) is None
+    assert offload.state == "idle"
+
+
+def test_switched_off_by_argument_or_environment(
+    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    off = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url, offload="off")
+    assert Offload(off._settings, enabled=off._settings.offload).state == "off"
+    off.shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_MIXPANEL_OFFLOAD", "OFF")
+    assert MixpanelSpanExporter(token="t", api_host=mixpanel.url)._settings.offload is False
+    monkeypatch.setenv("OTEL_EXPORTER_MIXPANEL_OFFLOAD", "sometimes")
+    with pytest.raises(ConfigurationError,
+                       match=r"OTEL_EXPORTER_MIXPANEL_OFFLOAD.*'auto' or 'off'"):
+        MixpanelSpanExporter(token="t", api_host=mixpanel.url)
+
+
+def burst(tracer_provider: TracerProvider, prefix: str, count: int) -> None:
+    tracer = tracer_provider.get_tracer("t")
+    for i in range(count):
+        with tracer.start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.event", f"{prefix}{i}")
+            span.set_attribute("mixpanel.distinct_id", f"u{i % 7}")
+            span.set_attribute("mixpanel.properties.n", i)
+
+
+def test_configure_under_load_delivers_everything_through_the_helper(
+    mixpanel: LocalMixpanel,
+) -> None:
+    tracer_provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    pipeline = otel_mixpanel.configure(
+        tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+        token=mixpanel.token, api_host=mixpanel.url, max_export_batch_size=500,
+    )
+    intake = next(i for i in list(_intake._ALL) if i.queue is pipeline.span_exporter._queue)
+    try:
+        burst(tracer_provider, "Warm", 600)
+        pipeline.force_flush(30_000)
+        assert wait_until(lambda: intake.offload.state == "running"), intake.offload.state
+        burst(tracer_provider, "Busy", 3000)
+        pipeline.force_flush(30_000)
+        assert intake.offload.batches >= 1
+        stats = pipeline.stats()
+    finally:
+        pipeline.shutdown(30_000)
+    assert intake.offload.state == "idle"  # stopped with the pipeline
+    assert len(mixpanel.unique_events()) == 3600 == len(mixpanel.events)
+    assert stats["sent"] == {"events": 3600} and stats["dropped"] == {}
+    busy = {e["event"]: e["properties"] for e in mixpanel.events}["Busy42"]
+    assert (busy["n"], busy["distinct_id"], busy["service.name"]) == (42, "u0", "shop")
+
+
+def test_a_helper_that_dies_costs_nothing_and_says_so_once(
+    mixpanel: LocalMixpanel, caplog: pytest.LogCaptureFixture,
+) -> None:
+    tracer_provider = TracerProvider()
+    pipeline = otel_mixpanel.configure(
+        tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+        token=mixpanel.token, api_host=mixpanel.url, max_export_batch_size=300,
+    )
+    intake = next(i for i in list(_intake._ALL) if i.queue is pipeline.span_exporter._queue)
+    try:
+        burst(tracer_provider, "Warm", 300)
+        pipeline.force_flush(30_000)
+        assert wait_until(lambda: intake.offload.state == "running")
+        process = intake.offload._process
+        assert process is not None
+        process.kill()
+        process.wait(10)
+        with caplog.at_level(logging.WARNING, logger="otel_mixpanel"):
+            burst(tracer_provider, "After", 1500)
+            pipeline.force_flush(30_000)
+    finally:
+        pipeline.shutdown(30_000)
+    assert intake.offload.state.startswith("failed: ")
+    lines = [r.getMessage() for r in caplog.records if "helper process" in r.getMessage()]
+    assert len(lines) == 1 and "translating in the application from now on" in lines[0]
+    assert len(mixpanel.unique_events()) == 1800 == len(mixpanel.events)
+
+
+def test_it_stops_when_idle_and_starts_again(
+    exporter: MixpanelSpanExporter, helper: Offload, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    process = helper._process
+    assert process is not None
+    helper.idle()
+    assert helper.state == "running"  # just used
+    monkeypatch.setattr("otel_mixpanel._offload.IDLE_SECONDS", 0.0)
+    helper.idle()
+    assert helper.state == "idle" and process.poll() is not None  # it saw its input end
+    rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])
+    helper.run(rows * MIN_RECORDS)
+    assert wait_until(lambda: helper.state == "running")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_forked_child_never_uses_its_parent_s_helper(
+    exporter: MixpanelSpanExporter, helper: Offload,
+) -> None:
+    rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}] * MIN_RECORDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            helper.after_fork()
+            code = 0 if helper.state == "idle" and helper.run(rows) is None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert helper.run(rows) is not None  # the parent's helper still answers the parent
+
+
+def test_frames_survive_partial_reads_and_writes() -> None:
+    class Trickle(io.RawIOBase):
+        def __init__(self, data: bytes = b"") -> None:
+            self.data, self.out = bytearray(data), bytearray()
+
+        def readable(self) -> bool:
+            return True
+
+        def writable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            count = min(3, len(self.data), len(buffer))
+            buffer[:count] = self.data[:count]
+            del self.data[:count]
+            return count
+
+        def write(self, data: Any) -> int:
+            self.out += bytes(data)[:5]
+            return min(5, len(data))
+
+    writer = Trickle()
+    _wire.write_frame(writer, b"hello ", b"world")  # type: ignore[arg-type]
+    reader = Trickle(bytes(writer.out))
+    assert _wire.read_frame(reader) == b"hello world"  # type: ignore[arg-type]
+    assert _wire.read_frame(reader) is None  # type: ignore[arg-type]
