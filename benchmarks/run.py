@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import gc
 import gzip
-import http.server
 import json
 import logging
 import multiprocessing
@@ -72,37 +71,6 @@ START, END = "<!-- perf-table -->", "<!-- /perf-table -->"
 
 
 # ---------------------------------------------------------------- servers (other processes)
-
-
-def _sink_main(conn: Connection) -> None:
-    """A tiny HTTP/1.1 sink answering 200 {"status":1}: the peers' server."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # else headers, then body: 40 ms delayed ACK
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            body = b'{"status":1}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    conn.send(server.server_address[1])
-    import threading  # noqa: PLC0415
-
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    conn.recv()
 
 
 def _local_main(conn: Connection) -> None:
@@ -163,6 +131,9 @@ class NoopMixpanelExporter(MixpanelSpanExporter):
 
     def _submit(self, messages: Any, *, wait: bool = True) -> bool:  # the buffer calls it
         return True
+
+    def _records(self, spans: Any) -> Any:  # nothing read, nothing for the helper process
+        return iter(())
 
     def _messages(self, records: Any) -> Any:
         return []
@@ -264,7 +235,7 @@ def tagged_best_of_three(tracer: Any, n: int) -> Tuple[float, float]:
                key=lambda measured: measured[1])
 
 
-def caller_costs(local: Child, sink: Optional[Child], n: int) -> List[Row]:
+def caller_costs(local: Child, n: int) -> List[Row]:
     url, token = local.hello
     rows: List[Tuple[str, float, float, str]] = []
 
@@ -347,75 +318,6 @@ def caller_costs(local: Child, sink: Optional[Child], n: int) -> List[Row]:
                  "ours"))
     pipeline.shutdown(30_000)
     structlog.reset_defaults()
-    if sink is not None:
-        rows.extend(peer_costs(sink, n))
-    return rows
-
-
-class _Refusals(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "queue is full" in record.getMessage().lower():
-            self.count += 1
-
-
-def peer_costs(sink: Child, n: int) -> List[Tuple[str, float, float, str]]:
-    host = f"http://127.0.0.1:{sink.hello}"
-    rows: List[Tuple[str, float, float, str]] = []
-    refusals = _Refusals()
-    root = logging.getLogger()
-    root.addHandler(refusals)
-    try:
-        try:
-            import mixpanel  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
-
-            urls = {f"{k}_url": f"{host}/{k}" for k in ("events", "people", "import", "groups")}
-            for label, consumer, count in (
-                ("mixpanel-python Consumer (sync HTTP)", mixpanel.Consumer(**urls), n // 20),
-                ("mixpanel-python BufferedConsumer(50)",
-                 mixpanel.BufferedConsumer(50, **urls), n),
-            ):
-                client = mixpanel.Mixpanel("token", consumer=consumer)
-                def track(i: int, c: Any = client) -> Any:
-                    return c.track(f"user-{i % 1000}", "Purchased", PROPERTIES)
-
-                per_event(track, 50)
-                wall, cpu = per_event(track, count)
-                if isinstance(consumer, mixpanel.BufferedConsumer):
-                    consumer.flush()
-                rows.append((label, wall, cpu, f"{count} events"))
-        except ImportError:
-            rows.append(("mixpanel-python: not installed", float("nan"), float("nan"), ""))
-        for label, module, factory in (
-            ("segment-analytics-python", "segment.analytics", "Client"),
-            ("posthog", "posthog", "Posthog"),
-        ):
-            try:
-                imported = __import__(module, fromlist=[factory])
-            except ImportError:
-                rows.append((f"{label}: not installed", float("nan"), float("nan"), ""))
-                continue
-            client = getattr(imported, factory)("key", host=host)
-            if label == "posthog":
-                def send(i: int, c: Any = client) -> Any:
-                    return c.capture(
-                        "Purchased", distinct_id=f"user-{i % 1000}", properties=PROPERTIES)
-            else:
-                def send(i: int, c: Any = client) -> Any:
-                    return c.track(
-                        user_id=f"user-{i % 1000}", event="Purchased", properties=PROPERTIES)
-            refusals.count = 0
-            wall, cpu = per_event(send, BURST)
-            refused = refusals.count
-            client.flush()
-            client.shutdown()
-            rows.append((label, wall, cpu,
-                         f"{refused / BURST:.0%} of a {BURST}-event burst refused (queue full)"))
-    finally:
-        root.removeHandler(refusals)
     return rows
 
 
@@ -637,16 +539,17 @@ def outage(events: int) -> Dict[str, Any]:
 
 
 def table(args: argparse.Namespace) -> str:
-    local = Child(_local_main)
-    try:
-        sink: Optional[Child] = Child(_sink_main)
-    except Exception:  # pragma: no cover
-        sink = None
+    from benchmarks.peers import side_by_side  # noqa: PLC0415 - it imports this module
+
     lines: List[str] = []
     add = lines.append
+    add(f"Machine: {machine()}.\n")
+    add(side_by_side(5_000 if args.quick else BURST, 1 if args.quick else 3))
+    add("")
+    local = Child(_local_main)
     try:
         n = 5_000 if args.quick else BURST
-        callers = caller_costs(local, sink, n)
+        callers = caller_costs(local, n)
         worker = worker_costs(local, 2000, 3 if args.quick else 9)
         bursts = {how: burst(local, how) for how in ("configure", "zero-code", "by-hand")}
         events = 10_000 if args.quick else BURST
@@ -656,13 +559,10 @@ def table(args: argparse.Namespace) -> str:
         grow = growth(local, args.quick)
     finally:
         local.stop()
-        if sink is not None:
-            sink.stop()
     memory = outage(100_000 if args.quick else 1_000_000)
 
     base_wall, base_cpu = callers[0][1], callers[0][2]
     tagged_wall, tagged_cpu = callers[1][1], callers[1][2]
-    add(f"Machine: {machine()}.\n")
     add("**Caller thread, per event** (ratios against the first row; CPU = the calling "
         "thread's own CPU time, wall includes waiting for the GIL held by workers)\n")
     add("| pipeline | wall µs | ratio | caller CPU µs | ratio | note |")

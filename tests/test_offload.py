@@ -4,10 +4,12 @@ when it fails, never started under light load or when switched off."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import os
+import signal
 import time
 import warnings
 from typing import Any, Iterator, List, Mapping
@@ -246,3 +248,34 @@ def test_frames_survive_partial_reads_and_writes() -> None:
     reader = Trickle(bytes(writer.out))
     assert _wire.read_frame(reader) == b"hello world"  # type: ignore[arg-type]
     assert _wire.read_frame(reader) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX signals and select on pipes")
+def test_a_helper_that_hangs_is_given_up_and_the_batch_translated_here(
+    exporter: MixpanelSpanExporter, helper: Offload, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("otel_mixpanel._offload.ANSWER_SECONDS", 0.3)
+    process = helper._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])
+        assert helper.run(rows * MIN_RECORDS) is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # already stopped and reaped
+            os.kill(process.pid, signal.SIGCONT)
+    assert helper.state.startswith("failed: TimeoutError")
+    assert process.wait(10) is not None  # stopped, not left behind
+
+
+def test_shutting_down_never_starts_a_helper(mixpanel: LocalMixpanel) -> None:
+    tracer_provider = TracerProvider()
+    pipeline = otel_mixpanel.configure(
+        tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+        token=mixpanel.token, api_host=mixpanel.url, schedule_delay_millis=60_000,
+    )
+    intake = next(i for i in list(_intake._ALL) if i.queue is pipeline.span_exporter._queue)
+    burst(tracer_provider, "Late", MIN_RECORDS + 10)  # held: the batch size is not reached
+    pipeline.shutdown(30_000)
+    assert intake.offload.state == "idle" and intake.offload.batches == 0
+    assert len(mixpanel.unique_events()) == MIN_RECORDS + 10

@@ -162,6 +162,7 @@ class Intake:
         if self._doors > 0:
             self._export(everything=True)
             return
+        self.offload.stopping = True  # the last batches: no helper started for them
         self._shutdown = True
         self._awake.set()
         if self._worker is not None:

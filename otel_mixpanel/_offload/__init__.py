@@ -37,6 +37,7 @@ from otel_mixpanel._offload._wire import (
     dump_settings,
     load_reply,
     read_frame,
+    readable,
     replay,
     widen,
     write_frame,
@@ -49,6 +50,9 @@ _logger = logging.getLogger("otel_mixpanel")
 # trip is not worth it (and an application under light load never starts it).
 MIN_RECORDS = 256
 IDLE_SECONDS = 60.0
+# A batch takes it milliseconds; this long means it hangs (or the machine does):
+# the batch is translated here, and the helper is not used again.
+ANSWER_SECONDS = 30.0
 _BOOT = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "from otel_mixpanel._offload._helper import main; sys.exit(main())"
@@ -62,6 +66,10 @@ def supported() -> Optional[str]:
     name = os.path.basename(sys.executable or "").lower()
     if not name.startswith("python"):
         return f"the interpreter is not a python executable ({name or 'unknown'})"
+    for library in ("gevent", "eventlet"):
+        # Their patched pipes and threads are cooperative: not what this relies on.
+        if library in sys.modules:
+            return f"{library} is loaded"
     return None
 
 
@@ -77,6 +85,7 @@ class Offload:
         self._failed: Optional[str] = None if enabled else "off"
         self._last_used = 0.0
         self.batches = 0  # handed over and answered (tests, status)
+        self.stopping = False  # set when the application shuts the pipeline down
 
     @property
     def state(self) -> str:
@@ -104,6 +113,8 @@ class Offload:
             assert process.stdin is not None and process.stdout is not None
             try:
                 write_frame(process.stdin, body)
+                if not readable(process.stdout, ANSWER_SECONDS):
+                    raise TimeoutError(f"no answer in {ANSWER_SECONDS:g} s")
                 reply = read_frame(process.stdout)
                 if reply is None:
                     raise EOFError(f"it ended (exit code {process.poll()})")
@@ -116,6 +127,8 @@ class Offload:
             return result
 
     def _start(self) -> None:
+        if self.stopping or sys.is_finalizing():  # not worth a process now
+            return
         why = supported()
         if why is not None:
             self._failed = why
@@ -141,7 +154,11 @@ class Offload:
         self._last_used = time.monotonic()
 
     def _await_ready(self, answers: IO[bytes], ready: threading.Event) -> None:
-        if read_frame(answers) is not None:
+        try:
+            hello = read_frame(answers)
+        except (OSError, ValueError):  # stopped while starting: its pipe closed under us
+            return
+        if hello is not None:
             ready.set()
         else:  # it could not even start: say why once, keep the work here
             with self._lock:

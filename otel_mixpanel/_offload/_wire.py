@@ -66,6 +66,18 @@ def _read_exactly(stream: IO[bytes], size: int) -> Optional[bytes]:
     return bytes(buffer)
 
 
+def readable(stream: IO[bytes], timeout: float) -> bool:
+    """Whether *stream* has something to read within *timeout* seconds (True at
+    once where pipes cannot be waited on with a timeout: Windows)."""
+    try:
+        import select  # noqa: PLC0415
+
+        ready, _, _ = select.select([stream], [], [], timeout)
+    except (ImportError, OSError, ValueError):
+        return True
+    return bool(ready)
+
+
 def widen(stream: IO[bytes]) -> None:
     """Make the pipe behind *stream* hold a whole batch, where the system lets
     us (Linux): one write and one read per frame instead of sixteen."""
