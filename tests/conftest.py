@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any, Iterator, List, Protocol, Tuple, TypeVar
 
 import pytest
@@ -119,3 +122,18 @@ def shut_down() -> Iterator[ShutDown]:
     for exporter in made:
         if not exporter._is_shut_down:
             exporter.shutdown(timeout_millis=1_000)
+
+
+NODE_PROJECT = Path(__file__).parent / "node"
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """Node and the OTLP exporters of tests/node, installed from its lock file when missing."""
+    binary = shutil.which("node")
+    npm = shutil.which("npm")
+    assert binary and npm, "Node.js and npm are needed: apt-get install nodejs npm"
+    if not (NODE_PROJECT / "node_modules").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_PROJECT,
+                       check=True, timeout=300)
+    return binary

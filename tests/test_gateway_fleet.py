@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -100,19 +99,6 @@ def rotel() -> str:
     if agent is None:
         pytest.skip("rotel's wheel is for CPython 3.11 only")
     return agent
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """Node and the exporters, installed from the lock file when missing (as in
-    tests/test_gateway_node.py)."""
-    binary = shutil.which("node")
-    npm = shutil.which("npm")
-    assert binary and npm, "Node.js and npm are needed: apt-get install nodejs npm"
-    if not (NODE_PROJECT / "node_modules").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_PROJECT,
-                       check=True, timeout=300)
-    return binary
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and gzip, with the chunked bodies Node sends."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -15,18 +14,6 @@ from otel_mixpanel.gateway import Gateway, GatewaySettings
 from otel_mixpanel.testing import LocalMixpanel
 
 NODE_PROJECT = Path(__file__).parent / "node"
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """Node and the exporters, installed from the lock file when missing."""
-    binary = shutil.which("node")
-    npm = shutil.which("npm")
-    assert binary and npm, "Node.js and npm are needed: apt-get install nodejs npm"
-    if not (NODE_PROJECT / "node_modules").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_PROJECT,
-                       check=True, timeout=300)
-    return binary
 
 
 @pytest.fixture

@@ -133,15 +133,21 @@ def burst(tracer_provider: TracerProvider, prefix: str, count: int) -> None:
             span.set_attribute("mixpanel.properties.n", i)
 
 
-def test_configure_under_load_delivers_everything_through_the_helper(
-    mixpanel: LocalMixpanel,
-) -> None:
+def configured(mixpanel: LocalMixpanel, **options: Any) -> Any:
+    """(tracer provider, configure()'s pipeline, its intake) sending to *mixpanel*."""
     tracer_provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
     pipeline = otel_mixpanel.configure(
         tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
-        token=mixpanel.token, api_host=mixpanel.url, max_export_batch_size=500,
+        token=mixpanel.token, api_host=mixpanel.url, **options,
     )
     intake = next(i for i in list(_intake._ALL) if i.queue is pipeline.span_exporter._queue)
+    return tracer_provider, pipeline, intake
+
+
+def test_configure_under_load_delivers_everything_through_the_helper(
+    mixpanel: LocalMixpanel,
+) -> None:
+    tracer_provider, pipeline, intake = configured(mixpanel, max_export_batch_size=500)
     try:
         burst(tracer_provider, "Warm", 600)
         pipeline.force_flush(30_000)
@@ -162,12 +168,7 @@ def test_configure_under_load_delivers_everything_through_the_helper(
 def test_a_helper_that_dies_costs_nothing_and_says_so_once(
     mixpanel: LocalMixpanel, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    tracer_provider = TracerProvider()
-    pipeline = otel_mixpanel.configure(
-        tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
-        token=mixpanel.token, api_host=mixpanel.url, max_export_batch_size=300,
-    )
-    intake = next(i for i in list(_intake._ALL) if i.queue is pipeline.span_exporter._queue)
+    tracer_provider, pipeline, intake = configured(mixpanel, max_export_batch_size=300)
     try:
         burst(tracer_provider, "Warm", 300)
         pipeline.force_flush(30_000)
@@ -269,12 +270,7 @@ def test_a_helper_that_hangs_is_given_up_and_the_batch_translated_here(
 
 
 def test_shutting_down_never_starts_a_helper(mixpanel: LocalMixpanel) -> None:
-    tracer_provider = TracerProvider()
-    pipeline = otel_mixpanel.configure(
-        tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
-        token=mixpanel.token, api_host=mixpanel.url, schedule_delay_millis=60_000,
-    )
-    intake = next(i for i in list(_intake._ALL) if i.queue is pipeline.span_exporter._queue)
+    tracer_provider, pipeline, intake = configured(mixpanel, schedule_delay_millis=60_000)
     burst(tracer_provider, "Late", MIN_RECORDS + 10)  # held: the batch size is not reached
     pipeline.shutdown(30_000)
     assert intake.offload.state == "idle" and intake.offload.batches == 0
