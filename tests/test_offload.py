@@ -5,12 +5,14 @@ when it fails, never started under light load or when switched off."""
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import logging
 import math
 import os
 import signal
 import time
+import uuid
 import warnings
 from typing import Any, Iterator, List, Mapping
 
@@ -28,6 +30,10 @@ from otel_mixpanel._queue._client import prepare
 from otel_mixpanel._queue._limits import Limits
 from otel_mixpanel.testing import LocalMixpanel
 from tests.helpers import finished_spans
+
+
+class Plan(enum.Enum):
+    PRO = "pro"
 
 
 def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
@@ -97,10 +103,21 @@ def test_a_value_that_would_not_cross_unchanged_is_translated_here(
     exporter: MixpanelSpanExporter, helper: Offload,
 ) -> None:
     plain = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])[0][0]
-    for odd in (math.nan, math.inf, b"bytes", 2**70, {1: "non-str key"}, "\ud800"):
+    for odd in (math.nan, math.inf, b"bytes", 2**70, {1: "non-str key"}, "\ud800",
+                uuid.UUID(int=1), Plan.PRO, [uuid.UUID(int=2)], {"x": Plan.PRO}, None):
         record = plain._replace(attributes={**plain.attributes, "mixpanel.properties.x": odd})
         assert helper.run([(record, True)] * MIN_RECORDS) is None, odd
+    huge_time = plain._replace(time_ms=10**30)  # a span ended in the year 10**19
+    assert helper.run([(huge_time, True)] * MIN_RECORDS) is None
     assert helper.state == "running"  # declining a batch is no failure
+
+
+def test_a_helper_of_another_release_is_refused() -> None:
+    data = _wire.dump_settings(MixpanelSpanExporter(token="t", api_host="http://127.0.0.1:9",
+                                                    offload="off")._settings)
+    assert _wire.load_settings(data).token == "t"
+    with pytest.raises(ValueError, match=r"the application runs 0\.0\.1"):
+        _wire.load_settings(data.replace(_wire.VERSION.encode(), b"0.0.1/orjson 1"))
 
 
 def test_light_load_never_starts_it(exporter: MixpanelSpanExporter) -> None:
@@ -260,8 +277,10 @@ def test_a_helper_that_hangs_is_given_up_and_the_batch_translated_here(
     assert process is not None
     os.kill(process.pid, signal.SIGSTOP)
     try:
-        rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])
-        assert helper.run(rows * MIN_RECORDS) is None
+        # Bigger than any pipe: the write itself must give up, not only the read.
+        rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u",
+                                   "mixpanel.properties.text": "x" * 4000}])
+        assert helper.run(rows * 600) is None
     finally:
         with contextlib.suppress(ProcessLookupError):  # already stopped and reaped
             os.kill(process.pid, signal.SIGCONT)
@@ -275,3 +294,45 @@ def test_shutting_down_never_starts_a_helper(mixpanel: LocalMixpanel) -> None:
     pipeline.shutdown(30_000)
     assert intake.offload.state == "idle" and intake.offload.batches == 0
     assert len(mixpanel.unique_events()) == MIN_RECORDS + 10
+
+
+def test_an_interrupted_exchange_never_lets_a_stale_answer_through(
+    exporter: MixpanelSpanExporter, helper: Offload, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while waiting for the helper's answer: that answer must never be
+    taken for the next batch's; the helper is stopped and another starts."""
+    first = rows_of(exporter, [{"mixpanel.event": "First", "mixpanel.distinct_id": "u"}])
+    second = rows_of(exporter, [{"mixpanel.event": "Second", "mixpanel.distinct_id": "u"}])
+
+    def interrupted(self: Any, size: int, deadline: float) -> Any:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_wire.Pipe, "_read", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            helper.run(first * MIN_RECORDS)
+    assert helper.state == "idle"  # stopped, not failed: it may start again
+    assert helper.run(second * MIN_RECORDS) is None  # starts a new one
+    assert wait_until(lambda: helper.state == "running")
+    answer = helper.run(second * MIN_RECORDS)
+    assert answer is not None
+    assert all(b'"Second"' in record for _, records in answer[0] for record in records)
+
+
+def test_a_batch_interrupted_before_it_reaches_the_queue_is_counted(
+    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tracer_provider, pipeline, intake = configured(mixpanel, schedule_delay_millis=60_000)
+    burst(tracer_provider, "Held", 40)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(intake, "_offloaded", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                intake.force_flush(5_000)
+        assert pipeline.stats()["dropped"] == {"export_interrupted": 40}
+    finally:
+        pipeline.shutdown(10_000)

@@ -16,6 +16,7 @@ item, counted as ``queue_full``; nothing is dropped silently.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import operator
 import os
@@ -72,6 +73,7 @@ class Intake:
         self._worker: Optional[threading.Thread] = None
         self.offload = Offload(queue.settings, enabled=queue.settings.offload)
         _ALL.add(self)
+        _stop_offloads_at_exit()
 
     def open_door(self, kind: int, exporter: MixpanelExporterBase) -> None:
         self.exporters[kind] = exporter
@@ -111,32 +113,33 @@ class Intake:
             self.queue.stats.log_due()  # queue_full counts reach the log within a minute
         self._export(everything=True)
 
-    def _export(self, *, everything: bool) -> None:
+    def _export(self, *, everything: bool, deadline: Optional[float] = None) -> None:
         with instrumentation_suppressed(), self._export_lock:
             while self._items:
                 batch = [self._items.popleft()
                          for _ in range(min(len(self._items), self._batch_size))]
-                self._submit(batch)
+                self._submit(batch, deadline)
                 if not everything and len(self._items) < self._batch_size:
                     break
 
-    def _submit(self, batch: List[Tuple[int, Any]]) -> None:
+    def _submit(self, batch: List[Tuple[int, Any]], deadline: Optional[float] = None) -> None:
         """Translate runs of each signal in order, then one submission: in the
         helper process when the batch is big enough and it is running."""
-        runs: List[Tuple[MixpanelExporterBase, List[Record]]] = []
-        for kind, run in itertools.groupby(batch, key=operator.itemgetter(0)):
-            exporter = self.exporters[kind]
-            if exporter is not None:
-                runs.append((exporter, list(exporter._records([item for _, item in run]))))
         owner = self.exporters[_SPAN] or self.exporters[_LOG]
         if owner is None:
             return
+        handed = False
         try:
-            offloaded = self.offload.run([(record, exporter._settings.trace_ids)
-                                          for exporter, records in runs for record in records])
+            runs: List[Tuple[MixpanelExporterBase, List[Record]]] = []
+            for kind, run in itertools.groupby(batch, key=operator.itemgetter(0)):
+                exporter = self.exporters[kind]
+                if exporter is not None:
+                    runs.append((exporter, list(exporter._records([item for _, item in run]))))
+            offloaded = self._offloaded(runs, deadline)
             if offloaded is not None:
                 batches, calls = offloaded
                 replay(calls, owner._stats)
+                handed = True
                 self.queue.submit_encoded(batches)
                 return
             messages: List[Message] = []
@@ -145,24 +148,45 @@ class Intake:
             # No waiting for Mixpanel's answer: this thread must keep
             # draining the buffer whatever Mixpanel does (a hanging request
             # would otherwise fill it); force_flush() waits for answers.
+            handed = True
             owner._submit(messages, wait=False)
         except Exception:  # pragma: no cover - never into the worker loop
             owner._logger.exception("Mixpanel export failed")
+        except BaseException as error:
+            # Ctrl-C or SystemExit in force_flush()/shutdown() on the application's
+            # thread: the batch taken off the buffer is lost, and said so.
+            if not handed:
+                owner._stats.dropped("export_interrupted", len(batch),
+                                     detail=type(error).__name__)
+            raise
+
+    def _offloaded(
+        self, runs: List[Tuple[MixpanelExporterBase, List[Record]]], deadline: Optional[float],
+    ) -> Optional[Tuple[Any, Any]]:
+        """The helper's answer for *runs*, or None (translate here) whatever happens."""
+        rows = [(record, exporter._settings.trace_ids)
+                for exporter, records in runs for record in records]
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self.offload.run(rows, timeout)
+        except Exception:  # pragma: no cover - run() keeps its own failures
+            return None
 
     def force_flush(self, timeout_millis: float) -> bool:
         deadline = time.monotonic() + timeout_millis / 1000
-        self._export(everything=True)
+        self._export(everything=True, deadline=deadline)
         return self.queue.flush(max(0.0, deadline - time.monotonic()))
 
     def close_door(self, timeout_millis: Optional[float]) -> None:
         """The last door closed: export what is held, then shut the exporters
         down with what is left of *timeout_millis* (their budget starts now)."""
         started = time.monotonic()
+        self.offload.stopping = True  # the last batches: no helper started for them
         self._doors -= 1
         if self._doors > 0:
-            self._export(everything=True)
+            deadline = None if timeout_millis is None else started + timeout_millis / 1000
+            self._export(everything=True, deadline=deadline)
             return
-        self.offload.stopping = True  # the last batches: no helper started for them
         self._shutdown = True
         self._awake.set()
         if self._worker is not None:
@@ -239,6 +263,24 @@ class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
 
     def on_emit(self, log_data: Any) -> None:
         self._intake.offer(_LOG, log_data)
+
+
+_at_exit_registered = False
+
+
+def _stop_offloads_at_exit() -> None:
+    """At interpreter exit no helper is started for the last batches. Registered
+    with the first intake, after the providers exist, so it runs before their
+    own exit handlers (atexit runs the latest first)."""
+    global _at_exit_registered  # noqa: PLW0603 - once per process
+    if not _at_exit_registered:
+        _at_exit_registered = True
+        atexit.register(_no_new_helpers)
+
+
+def _no_new_helpers() -> None:
+    for intake in list(_ALL):
+        intake.offload.stopping = True
 
 
 def _after_fork_in_child() -> None:

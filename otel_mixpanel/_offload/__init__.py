@@ -19,6 +19,7 @@ from the start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,12 +33,12 @@ from otel_mixpanel._config import Settings
 from otel_mixpanel._offload._wire import (
     Batches,
     Calls,
+    Pipe,
     Row,
     dump_records,
     dump_settings,
     load_reply,
     read_frame,
-    readable,
     replay,
     widen,
     write_frame,
@@ -52,8 +53,9 @@ MIN_RECORDS = 256
 IDLE_SECONDS = 60.0
 # A batch takes it milliseconds; this long means it hangs (or the machine does):
 # the batch is translated here, and the helper is not used again.
-ANSWER_SECONDS = 30.0
-_BOOT = (
+ANSWER_SECONDS = 10.0
+_BOOT = (  # Ctrl-C ignored before anything else: the application decides when it stops
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "from otel_mixpanel._offload._helper import main; sys.exit(main())"
 )
@@ -81,6 +83,7 @@ class Offload:
         self._enabled = enabled
         self._lock = threading.Lock()
         self._process: Optional[subprocess.Popen[bytes]] = None
+        self._pipe: Optional[Pipe] = None
         self._ready = threading.Event()
         self._failed: Optional[str] = None if enabled else "off"
         self._last_used = 0.0
@@ -96,8 +99,11 @@ class Offload:
             return "idle"
         return "running" if self._ready.is_set() else "starting"
 
-    def run(self, rows: Sequence[Row]) -> Optional[Tuple[Batches, Calls]]:
-        """The encoded batches and counts for *rows*, or None: translate them here."""
+    def run(
+        self, rows: Sequence[Row], timeout: Optional[float] = None,
+    ) -> Optional[Tuple[Batches, Calls]]:
+        """The encoded batches and counts for *rows*, or None: translate them here.
+        Waits for the helper at most *timeout* seconds (and ANSWER_SECONDS)."""
         if self._failed is not None or len(rows) < MIN_RECORDS:
             return None
         with self._lock:
@@ -109,19 +115,23 @@ class Offload:
             body = dump_records(rows)
             if body is None:
                 return None
-            process = self._process
-            assert process.stdin is not None and process.stdout is not None
+            if self._pipe is None:  # after the ready frame: the reader thread is done
+                assert self._process.stdin is not None and self._process.stdout is not None
+                self._pipe = Pipe(self._process.stdin, self._process.stdout)
+            budget = ANSWER_SECONDS if timeout is None else min(ANSWER_SECONDS, timeout)
             try:
-                write_frame(process.stdin, body)
-                if not readable(process.stdout, ANSWER_SECONDS):
-                    raise TimeoutError(f"no answer in {ANSWER_SECONDS:g} s")
-                reply = read_frame(process.stdout)
+                reply = self._pipe.exchange(body, time.monotonic() + budget)
                 if reply is None:
-                    raise EOFError(f"it ended (exit code {process.poll()})")
+                    raise EOFError(f"it ended (exit code {self._process.poll()})")
                 result = load_reply(reply)
             except Exception as error:
                 self._fail(f"{type(error).__name__}: {error}")
                 return None
+            except BaseException:
+                # Interrupted mid-exchange (Ctrl-C, SystemExit): its answer would
+                # be read as the next batch's. This helper is done; another may start.
+                self._stop(wait=0.0)
+                raise
             self._last_used = time.monotonic()
             self.batches += 1
             return result
@@ -137,15 +147,19 @@ class Offload:
             # Isolated (-I): no PYTHON* variables, so no sitecustomize of
             # opentelemetry-instrument instrumenting the helper itself; the
             # application's own import path is given instead, whatever set it up.
+            # Its own session: a Ctrl-C for the application's process group
+            # never reaches it (the application decides when it stops).
             process = subprocess.Popen(
                 [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+                start_new_session=True,
             )
             assert process.stdin is not None and process.stdout is not None
             widen(process.stdin)
             widen(process.stdout)
             write_frame(process.stdin, dump_settings(self._settings))
             self._process = process
+            self._pipe = None
             self._ready = threading.Event()
             threading.Thread(target=self._await_ready, args=(process.stdout, self._ready),
                              name="otel-mixpanel-offload", daemon=True).start()
@@ -175,7 +189,8 @@ class Offload:
         """Stop a helper that has had no batch for a minute (it starts again when needed)."""
         if self._process is not None and time.monotonic() - self._last_used > IDLE_SECONDS:
             with self._lock:
-                self._stop(wait=1.0)
+                if time.monotonic() - self._last_used > IDLE_SECONDS:  # still idle
+                    self._stop(wait=1.0)
 
     def close(self) -> None:
         """Stop the helper (the application is done with it)."""
@@ -184,7 +199,10 @@ class Offload:
 
     def _stop(self, wait: float) -> None:
         process, self._process = self._process, None
+        pipe, self._pipe = self._pipe, None
         self._ready = threading.Event()
+        if pipe is not None:
+            pipe.close()
         if process is None:
             return
         for stream in (process.stdin, process.stdout):
@@ -197,20 +215,23 @@ class Offload:
             process.wait(wait)  # it ends when its input does
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(5)
+            # Stuck in the kernel: reaped when it can be, never the worker's problem.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
 
     def after_fork(self) -> None:
         """In a forked child: the helper is the parent's. Our copies of its pipes
         are closed (else it would never see its input end), never used."""
         process, self._process = self._process, None
+        self._pipe = None
         self._lock = threading.Lock()
         self._ready = threading.Event()
+        self.stopping = False
         if process is not None:
             for stream in (process.stdin, process.stdout):
                 try:
                     if stream is not None:
-                        os.close(stream.fileno())
+                        stream.close()  # unbuffered: nothing to write to the parent's helper
                 except OSError:
                     pass
             process.returncode = 0  # not ours to wait for
-

@@ -43,7 +43,11 @@ def _serve() -> int:
     hello = read_frame(requests)
     if hello is None:
         return 0
-    settings = load_settings(hello)
+    try:
+        settings = load_settings(hello)
+    except ValueError as error:  # another release on disk than the application's
+        print(f"otel-mixpanel helper: {error}", file=sys.stderr)
+        return 3
     stats = Recorder()
     limits = Limits(stats, allowlist=settings.property_allowlist,
                     denylist=settings.property_denylist)

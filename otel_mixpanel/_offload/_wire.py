@@ -13,7 +13,10 @@ before, so the helper never changes a byte of what is sent.
 
 from __future__ import annotations
 
+import os
+import selectors
 import struct
+import time
 from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 import orjson
@@ -22,6 +25,10 @@ from otel_mixpanel._config import Settings
 from otel_mixpanel._convention._translate import Record
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._stats import Stats
+from otel_mixpanel._version import __version__
+
+# The wire format changes with the release; orjson's with its own.
+VERSION = f"{__version__}/orjson {orjson.__version__}"
 
 _LENGTH = struct.Struct(">I")
 PIPE_BYTES = 1024 * 1024  # Linux's default most a process may ask for
@@ -66,16 +73,73 @@ def _read_exactly(stream: IO[bytes], size: int) -> Optional[bytes]:
     return bytes(buffer)
 
 
-def readable(stream: IO[bytes], timeout: float) -> bool:
-    """Whether *stream* has something to read within *timeout* seconds (True at
-    once where pipes cannot be waited on with a timeout: Windows)."""
-    try:
-        import select  # noqa: PLC0415
+class Pipe:
+    """The application's end of the two pipes, with a deadline on every frame.
 
-        ready, _, _ = select.select([stream], [], [], timeout)
-    except (ImportError, OSError, ValueError):
-        return True
-    return bool(ready)
+    Where the system allows (POSIX) both are non-blocking and waited on with a
+    selector (epoll on Linux: any descriptor number), so no write into a full
+    pipe and no read of a late answer outlasts the deadline. Elsewhere
+    (Windows pipes) the frames are written and read plainly, without one.
+    """
+
+    def __init__(self, writer: IO[bytes], reader: IO[bytes]) -> None:
+        self._writer, self._reader = writer, reader
+        self._selector: Optional[selectors.BaseSelector] = None
+        try:
+            os.set_blocking(writer.fileno(), False)
+            os.set_blocking(reader.fileno(), False)
+            self._selector = selectors.DefaultSelector()
+        except (OSError, AttributeError, ValueError):  # pragma: no cover - Windows
+            self._selector = None
+
+    def exchange(self, body: bytes, deadline: float) -> Optional[bytes]:
+        """Send *body* as a frame and return the answering frame (None: the
+        helper is gone); TimeoutError once ``time.monotonic()`` passes *deadline*."""
+        if self._selector is None:  # pragma: no cover - Windows
+            write_frame(self._writer, body)
+            return read_frame(self._reader)
+        fd = self._writer.fileno()
+        data = memoryview(_LENGTH.pack(len(body)) + body)
+        while data:
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:
+                self._wait(fd, selectors.EVENT_WRITE, deadline)
+        head = self._read(_LENGTH.size, deadline)
+        if head is None:
+            return None
+        return self._read(_LENGTH.unpack(head)[0], deadline)
+
+    def _read(self, size: int, deadline: float) -> Optional[bytes]:
+        fd, chunks, got = self._reader.fileno(), [], 0
+        while got < size:
+            try:
+                chunk = os.read(fd, size - got)
+            except BlockingIOError:
+                self._wait(fd, selectors.EVENT_READ, deadline)
+                continue
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _wait(self, fd: int, event: int, deadline: float) -> None:
+        assert self._selector is not None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no answer in time")
+        self._selector.register(fd, event)
+        try:
+            ready = self._selector.select(left)
+        finally:
+            self._selector.unregister(fd)
+        if not ready:
+            raise TimeoutError("no answer in time")
+
+    def close(self) -> None:
+        if self._selector is not None:
+            self._selector.close()
 
 
 def widen(stream: IO[bytes]) -> None:
@@ -92,6 +156,7 @@ def widen(stream: IO[bytes]) -> None:
 def dump_settings(settings: Settings) -> bytes:
     """What the helper needs of the settings: no secret crosses the pipe."""
     return orjson.dumps({
+        "version": VERSION,
         "token": settings.token,
         "service_account": settings.uses_service_account,
         "allowlist": sorted(settings.property_allowlist)
@@ -101,7 +166,11 @@ def dump_settings(settings: Settings) -> bytes:
 
 
 def load_settings(data: bytes) -> Settings:
+    """The settings sent by dump_settings; ValueError when the application runs
+    another release than the helper found on disk (an upgrade in place)."""
     fields = orjson.loads(data)
+    if fields.get("version") != VERSION:
+        raise ValueError(f"the application runs {fields.get('version')}, the helper {VERSION}")
     allowlist = fields["allowlist"]
     return Settings(
         base_url="",
@@ -124,8 +193,34 @@ def _plain(mapping: Any) -> Any:
     return inner if type(inner) is dict else dict(mapping)
 
 
+_SCALARS = frozenset({str, int, float, bool})
+_VALUES = _SCALARS | {tuple, list, dict}
+
+
+def _only_json(values: Any) -> bool:
+    """Whether every value is of a kind JSON gives back as it was (orjson would
+    also write a UUID, an Enum or a dataclass, which come back as something else)."""
+    kinds = set(map(type, values))
+    if kinds <= _SCALARS:
+        return True
+    if not kinds <= _VALUES:
+        return False
+    return all(
+        _only_json(value.values() if type(value) is dict else value)
+        for value in values if type(value) in (tuple, list, dict)
+    )
+
+
 def dump_records(rows: Sequence[Row]) -> Optional[bytes]:
-    """*rows* as one frame's body, or None when a value would not come back equal."""
+    """*rows* as one frame's body, or None when a value would not come back equal
+    (or anything else about them is unusual: the application then translates them)."""
+    try:
+        return _dump_records(rows)
+    except Exception:  # e.g. a time beyond 64 bits, an attribute mapping that fails
+        return None
+
+
+def _dump_records(rows: Sequence[Row]) -> Optional[bytes]:
     resources: Dict[int, int] = {}
     shared: List[Any] = []
     meta: List[Any] = []
@@ -136,15 +231,18 @@ def dump_records(rows: Sequence[Row]) -> Optional[bytes]:
         if index is None:
             index = resources[id(resource)] = len(shared)
             shared.append(_plain(resource))
+            if not _only_json(shared[-1].values()):
+                return None
         meta.append((record.time_ms, record.insert_id_seed, record.position, record.trace_id,
                      record.span_id, record.duration, index, trace_ids))
-        values.append(_plain(record.attributes))
-        values.append(_plain(record.inherited) if record.inherited else {})
-    try:
-        data = orjson.dumps([shared, values], default=_refuse, option=_OPTIONS)
-    except (TypeError, ValueError, RecursionError):
-        return None
-    # orjson writes NaN and infinity as null; a None the SDK kept is rare: both stay home.
+        attributes = _plain(record.attributes)
+        inherited = _plain(record.inherited) if record.inherited else {}
+        if not (_only_json(attributes.values()) and _only_json(inherited.values())):
+            return None
+        values.append(attributes)
+        values.append(inherited)
+    data = orjson.dumps([shared, values], default=_refuse, option=_OPTIONS)
+    # Only NaN and infinity write null here (None is not among the kinds above).
     if b"null" in data:
         return None
     head = orjson.dumps(meta)

@@ -76,7 +76,7 @@ class GatewaySettings:
             raise ConfigurationError(
                 f"the gateway would listen on {self.host} without an ingest token: anyone "
                 "reaching it could send to your Mixpanel project; set ingest_token "
-                "(--ingest-token) or allow_unauthenticated=True")
+                "(--ingest-token), or allow_unauthenticated=True (--allow-unauthenticated)")
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ConfigurationError("TLS needs both tls_certfile and tls_keyfile")
         for path in (self.tls_certfile, self.tls_keyfile):
