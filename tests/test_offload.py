@@ -304,11 +304,11 @@ def test_an_interrupted_exchange_never_lets_a_stale_answer_through(
     first = rows_of(exporter, [{"mixpanel.event": "First", "mixpanel.distinct_id": "u"}])
     second = rows_of(exporter, [{"mixpanel.event": "Second", "mixpanel.distinct_id": "u"}])
 
-    def interrupted(self: Any, size: int, deadline: float) -> Any:
+    def interrupted(self: Any, deadline: float) -> Any:
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(_wire.Pipe, "_read", interrupted)
+        patch.setattr(_wire.Pipe, "_answer", interrupted)
         with pytest.raises(KeyboardInterrupt):
             helper.run(first * MIN_RECORDS)
     assert helper.state == "idle"  # stopped, not failed: it may start again
