@@ -43,6 +43,13 @@ _QUEUE_FULL_DETAIL = "the batch processor's queue was full; raise max_queue_size
 DEFAULT_MAX_QUEUE_SIZE = 20_480
 DEFAULT_MAX_EXPORT_BATCH_SIZE = 1_000
 DEFAULT_SCHEDULE_DELAY_MILLIS = 1_000
+# The worker starts on a batch once this many items wait (or the batch size, if
+# smaller), and takes up to the batch size: items wait less, so fewer of them
+# are promoted to the garbage collector's oldest generation and fewer full
+# collections land on the application's threads (a tagged span in a burst:
+# 32.6 → 28.8 µs on the caller, and 8 % more events/s end to end, against
+# waking at 1 000; docs/performance.md).
+WAKE_AT = 256
 _SPAN, _LOG = 0, 1
 _INTAKES: weakref.WeakValueDictionary[int, Intake] = weakref.WeakValueDictionary()
 _ALL: weakref.WeakSet[Intake] = weakref.WeakSet()
@@ -64,6 +71,7 @@ class Intake:
         self.exporters: List[Optional[MixpanelExporterBase]] = [None, None]
         self._max_queue_size = max_queue_size
         self._batch_size = max_export_batch_size
+        self._wake_at = min(max_export_batch_size, WAKE_AT)
         self._delay = schedule_delay_millis / 1000
         self._items: Deque[Tuple[int, Any]] = deque()
         self._awake = threading.Event()
@@ -101,7 +109,7 @@ class Intake:
             self.queue.stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
             return
         items.append((kind, item))
-        if len(items) >= self._batch_size and not self._awake.is_set():
+        if len(items) >= self._wake_at and not self._awake.is_set():
             self._awake.set()
 
     def _run(self) -> None:
@@ -119,7 +127,7 @@ class Intake:
                 batch = [self._items.popleft()
                          for _ in range(min(len(self._items), self._batch_size))]
                 self._submit(batch, deadline)
-                if not everything and len(self._items) < self._batch_size:
+                if not everything and len(self._items) < self._wake_at:
                     break
 
     def _submit(self, batch: List[Tuple[int, Any]], deadline: Optional[float] = None) -> None:
