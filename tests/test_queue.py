@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter, RetryPolicy, configure
 from otel_mixpanel._model import Endpoint
-from otel_mixpanel._queue._backend import MemoryBackend
+from otel_mixpanel._queue._backend import MemoryBackend, Take
+from otel_mixpanel._queue._batch import Batch
 from otel_mixpanel._stats import Stats
 from otel_mixpanel.logs import logging_handler
 from otel_mixpanel.testing import LocalMixpanel
@@ -360,3 +363,40 @@ def test_records_handed_over_at_interpreter_exit_are_still_sent(
     exporter.shutdown()
     assert sorted(e["event"] for e in mixpanel.events) == ["E0", "E1", "E2"]
     assert exporter.stats()["dropped"] == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(st.binary(min_size=1, max_size=40), max_size=6), max_size=6),
+    st.integers(min_value=1, max_value=12), st.integers(min_value=2, max_value=200),
+)
+def test_a_take_fills_as_one_record_at_a_time_would(
+    entries: List[List[bytes]], max_records: int, max_bytes: int,
+) -> None:
+    """Whole entries are taken in one step when they fit: the same records, sizes
+    and parts as taking them one by one."""
+    take = Take(Endpoint.IMPORT, [])
+    expected_records: List[bytes] = []
+    expected_size, expected_parts = 2, []
+    for number, records in enumerate(entries):
+        used = 0
+        for record in records:  # the rule, record by record
+            if expected_records and (len(expected_records) >= max_records
+                                     or expected_size + len(record) + 1 > max_bytes):
+                break
+            expected_records.append(record)
+            expected_size += len(record) + 1
+            used += 1
+        if used:
+            expected_parts.append((number, used))
+        assert take.fill(number, records, max_records, max_bytes) == used
+        if used < len(records):
+            break
+    assert (take.records, take.size, take.parts) == (
+        expected_records, expected_size, expected_parts)
+    batch = Batch.of_records(Endpoint.IMPORT, take.records)
+    one_by_one = Batch(Endpoint.IMPORT)
+    for record in take.records:
+        one_by_one.add(None, record)
+    assert (batch.records, batch.size, batch.body()) == (
+        one_by_one.records, one_by_one.size, one_by_one.body())

@@ -83,9 +83,9 @@ class Batch:
     @classmethod
     def of_records(cls, endpoint: Endpoint, records: Sequence[bytes]) -> Batch:
         """A batch of records already encoded (read back from the spool)."""
-        batch = cls(endpoint)
-        for record in records:
-            batch.add(None, record)
+        batch = cls(endpoint, records=list(records))
+        # add()'s sizes, summed in C: the sender builds one of these per request.
+        batch.size = 2 + sum(map(len, records)) + max(0, len(records) - 1)
         return batch
 
 
