@@ -83,13 +83,16 @@ def is_tagged(attributes: Optional[Mapping[str, Any]]) -> bool:
     0.75 µs for a startswith per name). A name merely containing the separator
     and a prefix can only make a false positive, which translation then skips.
     """
-    if not attributes:
-        return False
-    # The SDK's BoundedAttributes iterates through a Python-level __iter__;
-    # its plain dict (when there is one) has the same keys in the same order.
+    # The SDK's BoundedAttributes iterates (and measures its length) through
+    # Python-level methods; its plain dict, when there is one, has the same keys
+    # in the same order.
     names = getattr(attributes, "_dict", None)
     if type(names) is not dict:
+        if not attributes:
+            return False
         names = attributes
+    elif not names:
+        return False
     try:
         text = "\0".join(names)
     except (RuntimeError, TypeError):  # changed while read, or a name that is not a str

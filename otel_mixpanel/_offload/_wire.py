@@ -17,7 +17,8 @@ import os
 import selectors
 import struct
 import time
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from itertools import chain
+from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import orjson
 
@@ -40,6 +41,7 @@ Row = Tuple[Record, bool]  # a record and whether its events carry trace ids
 Batches = List[Tuple[Endpoint, List[bytes]]]
 Calls = List[Tuple[str, str, int, Optional[str]]]  # verb, reason, count, detail (None: no line)
 _ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}
+_EMPTY: Dict[str, Any] = {}
 
 
 def write_frame(stream: IO[bytes], *parts: bytes) -> None:
@@ -202,12 +204,14 @@ def _plain(mapping: Any) -> Any:
 
 
 _SCALARS = frozenset({str, int, float, bool})
-_VALUES = _SCALARS | {tuple, list, dict}
+_CONTAINERS = frozenset({tuple, list, dict})
+_VALUES = _SCALARS | _CONTAINERS
 
 
-def _only_json(values: Any) -> bool:
+def _only_json(values: Iterable[Any]) -> bool:
     """Whether every value is of a kind JSON gives back as it was (orjson would
     also write a UUID, an Enum or a dataclass, which come back as something else)."""
+    values = list(values)
     kinds = set(map(type, values))
     if kinds <= _SCALARS:
         return True
@@ -215,7 +219,7 @@ def _only_json(values: Any) -> bool:
         return False
     return all(
         _only_json(value.values() if type(value) is dict else value)
-        for value in values if type(value) in (tuple, list, dict)
+        for value in values if type(value) in _CONTAINERS
     )
 
 
@@ -239,16 +243,16 @@ def _dump_records(rows: Sequence[Row]) -> Optional[bytes]:
         if index is None:
             index = resources[id(resource)] = len(shared)
             shared.append(_plain(resource))
-            if not _only_json(shared[-1].values()):
-                return None
-        meta.append((record.time_ms, record.insert_id_seed, record.position, record.trace_id,
-                     record.span_id, record.duration, index, trace_ids))
-        attributes = _plain(record.attributes)
-        inherited = _plain(record.inherited) if record.inherited else {}
-        if not (_only_json(attributes.values()) and _only_json(inherited.values())):
-            return None
+        # time_ms, insert_id_seed, position, trace_id, span_id, duration: one slice.
+        meta.append((record[1:7], index, trace_ids))
+        attributes = record.attributes
+        if type(attributes) is not dict:
+            attributes = _plain(attributes)
         values.append(attributes)
-        values.append(inherited)
+        values.append(_plain(record.inherited) if record.inherited else _EMPTY)
+    # Every value of every mapping, gathered in C; only containers walked further.
+    if not _only_json(chain.from_iterable(map(dict.values, chain(shared, values)))):
+        return None
     data = orjson.dumps([shared, values], default=_refuse, option=_OPTIONS)
     # Only NaN and infinity write null here (None is not among the kinds above).
     if b"null" in data:
@@ -262,7 +266,7 @@ def load_records(body: bytes) -> List[Row]:
     meta = orjson.loads(body[_LENGTH.size:_LENGTH.size + length])
     shared, values = orjson.loads(body[_LENGTH.size + length:])
     rows: List[Row] = []
-    for number, (time_ms, seed, position, trace_id, span_id, duration, index, trace_ids) in (
+    for number, ((time_ms, seed, position, trace_id, span_id, duration), index, trace_ids) in (
         enumerate(meta)
     ):
         inherited = values[2 * number + 1]
