@@ -97,7 +97,7 @@ def is_tagged(attributes: Optional[Mapping[str, Any]]) -> bool:
         text = "\0".join(names)
     except (RuntimeError, TypeError):  # changed while read, or a name that is not a str
         prefixes = c.PREFIXES
-        return any(isinstance(name, str) and name.startswith(prefixes) for name in attributes)
+        return any(isinstance(name, str) and name.startswith(prefixes) for name in attributes or ())
     if "mixpanel" not in text:
         return False
     text = "\0" + text
