@@ -120,3 +120,48 @@ def test_structlog_without_the_logging_handler(mixpanel: LocalMixpanel, tmp_path
     (event,) = mixpanel.events
     assert (event["event"], event["properties"]["distinct_id"]) == ("Paid", "u7")
     assert event["properties"]["plan"] == "pro"
+
+
+HELPER_APP = """
+import time
+from opentelemetry import trace
+from otel_mixpanel._inputs import _intake
+
+tracer = trace.get_tracer("app")
+
+def burst(prefix):
+    for i in range(600):
+        with tracer.start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.event", f"{prefix}{i}")
+            span.set_attribute("mixpanel.distinct_id", "u")
+
+burst("Warm")
+trace.get_tracer_provider().force_flush()
+intake = next(i for i in list(_intake._ALL) if not i._shutdown)
+end = time.monotonic() + 20
+while intake.offload.state != "running" and time.monotonic() < end:
+    time.sleep(0.02)
+burst("Busy")
+trace.get_tracer_provider().force_flush()
+process = intake.offload._process
+print("helper", intake.offload.state, intake.offload.batches, "-I" in process.args)
+"""
+
+
+def test_the_helper_process_is_not_instrumented_by_zero_code(
+    mixpanel: LocalMixpanel, tmp_path: Path,
+) -> None:
+    """opentelemetry-instrument puts its sitecustomize on PYTHONPATH; the helper
+    process starts isolated from it, so it translates and never sets up (and
+    sends through) an SDK of its own."""
+    path = tmp_path / "app.py"
+    path.write_text(HELPER_APP)
+    env = base_env(mixpanel)
+    env.update(OTEL_TRACES_EXPORTER="mixpanel", OTEL_LOGS_EXPORTER="none")
+    result = instrument([], env, path)
+    assert result.returncode == 0, result.stderr
+    state, batches, isolated = result.stdout.split()[1:4]
+    assert state == "running" and int(batches) >= 1, result.stdout + result.stderr
+    assert isolated == "True"
+    assert mixpanel.wait_for(lambda m: len(m.events) == 1200)
+    assert len(mixpanel.unique_events()) == 1200  # nothing twice, nothing from the helper
