@@ -172,6 +172,46 @@ class Stats:
             }
 
 
+# A count kept aside: verb ("sent", "dropped", "adjusted"), reason or kind, how
+# many, and the log detail (None: no log line). Plain values: it crosses a pipe.
+Call = Tuple[str, str, int, Optional[str]]
+
+
+class Tally(Stats):
+    """Counts kept aside as calls, to be made on the real stats later: when the
+    sending queue settles an answer (one that comes after shutdown gave up on it
+    is not counted twice), and in the application for what its helper process
+    counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: List[Call] = []
+
+    def sent(self, kind: str, count: int = 1) -> None:
+        self.calls.append(("sent", kind, count, None))
+
+    def dropped(self, reason: str, count: int = 1, detail: str = "", *, log: bool = True) -> None:
+        self.calls.append(("dropped", reason, count, detail if log else None))
+
+    def adjusted(self, reason: str, count: int = 1, detail: str = "") -> None:
+        self.calls.append(("adjusted", reason, count, detail))
+
+    def apply(self, stats: Stats) -> None:
+        """Make the calls on *stats*, with the log lines they would have written."""
+        apply(self.calls, stats)
+
+
+def apply(calls: List[Call], stats: Stats) -> None:
+    """Make the kept *calls* (of a :class:`Tally`, here or in another process) on *stats*."""
+    for verb, name, count, detail in calls:
+        if verb == "sent":
+            stats.sent(name, count)
+        elif verb == "dropped":
+            stats.dropped(name, count, detail or "", log=detail is not None)
+        else:
+            stats.adjusted(name, count, detail or "")
+
+
 def records_text(count: int) -> str:
     """``1 record``, ``2 records``."""
     return f"{count} record" if count == 1 else f"{count} records"

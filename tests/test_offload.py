@@ -28,6 +28,7 @@ from otel_mixpanel._inputs import _intake
 from otel_mixpanel._offload import MIN_RECORDS, Offload, _wire
 from otel_mixpanel._queue._client import prepare
 from otel_mixpanel._queue._limits import Limits
+from otel_mixpanel._stats import Tally
 from otel_mixpanel.testing import LocalMixpanel
 from tests.helpers import finished_spans
 
@@ -90,7 +91,7 @@ def test_the_helper_sends_the_same_bytes_and_counts_as_the_application(
     rows = rows_of(exporter, VARIED * 60)
     offloaded = helper.run(rows)
     assert offloaded is not None and helper.batches == 1
-    here = _wire.Recorder()
+    here = Tally()
     limits = Limits(here, allowlist=None, denylist=frozenset({"secret"}))
     expected = prepare(translate_all([r for r, _ in rows], here), limits,
                        exporter._settings, here)

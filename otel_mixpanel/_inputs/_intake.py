@@ -33,8 +33,9 @@ from otel_mixpanel._context import instrumentation_suppressed
 from otel_mixpanel._convention._translate import Record, is_tagged
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._model import Message
-from otel_mixpanel._offload import Offload, replay
+from otel_mixpanel._offload import Offload
 from otel_mixpanel._queue import SendingQueue
+from otel_mixpanel._stats import apply
 
 QUEUE_FULL = "queue_full"
 _QUEUE_FULL_DETAIL = "the batch processor's queue was full; raise max_queue_size"
@@ -146,7 +147,7 @@ class Intake:
             offloaded = self._offloaded(runs, deadline)
             if offloaded is not None:
                 batches, calls = offloaded
-                replay(calls, owner._stats)
+                apply(calls, owner._stats)  # what the helper counted, counted here
                 handed = True
                 self.queue.submit_encoded(batches)
                 return

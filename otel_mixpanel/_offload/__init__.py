@@ -39,12 +39,11 @@ from otel_mixpanel._offload._wire import (
     dump_settings,
     load_reply,
     read_frame,
-    replay,
     widen,
     write_frame,
 )
 
-__all__ = ["MIN_RECORDS", "Offload", "replay"]
+__all__ = ["MIN_RECORDS", "Offload"]
 
 _logger = logging.getLogger("otel_mixpanel")
 # A batch this big means the application is busy: below it, the pipe's round

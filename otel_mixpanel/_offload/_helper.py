@@ -14,7 +14,6 @@ import sys
 
 from otel_mixpanel._convention._translate import translate_all
 from otel_mixpanel._offload._wire import (
-    Recorder,
     dump_reply,
     load_records,
     load_settings,
@@ -23,6 +22,7 @@ from otel_mixpanel._offload._wire import (
 )
 from otel_mixpanel._queue._client import prepare
 from otel_mixpanel._queue._limits import Limits
+from otel_mixpanel._stats import Tally
 
 READY = b"ready"
 
@@ -48,7 +48,7 @@ def _serve() -> int:
     except ValueError as error:  # another release on disk than the application's
         print(f"otel-mixpanel helper: {error}", file=sys.stderr)
         return 3
-    stats = Recorder()
+    stats = Tally()
     limits = Limits(stats, allowlist=settings.property_allowlist,
                     denylist=settings.property_denylist)
     write_frame(answers, READY)

@@ -25,7 +25,7 @@ import orjson
 from otel_mixpanel._config import Settings
 from otel_mixpanel._convention._translate import Record
 from otel_mixpanel._model import Endpoint
-from otel_mixpanel._stats import Stats
+from otel_mixpanel._stats import Call
 from otel_mixpanel._version import __version__
 
 # The wire format changes with the release; orjson's with its own.
@@ -39,7 +39,7 @@ _OPTIONS = (
 )
 Row = Tuple[Record, bool]  # a record and whether its events carry trace ids
 Batches = List[Tuple[Endpoint, List[bytes]]]
-Calls = List[Tuple[str, str, int, Optional[str]]]  # verb, reason, count, detail (None: no line)
+Calls = List[Call]  # what the helper counted (a Tally's calls)
 _ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}
 _EMPTY: Dict[str, Any] = {}
 
@@ -295,26 +295,3 @@ def load_reply(body: bytes) -> Tuple[Batches, Calls]:
         batches.append((_ENDPOINTS[endpoint], records[start:start + count]))
         start += count
     return batches, [tuple(call) for call in calls]
-
-
-class Recorder(Stats):
-    """The helper's counters: each call kept, to be made again in the application."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Calls = []
-
-    def dropped(self, reason: str, count: int = 1, detail: str = "", *, log: bool = True) -> None:
-        self.calls.append(("dropped", reason, count, detail if log else None))
-
-    def adjusted(self, reason: str, count: int = 1, detail: str = "") -> None:
-        self.calls.append(("adjusted", reason, count, detail))
-
-
-def replay(calls: Calls, stats: Stats) -> None:
-    """Count in the application what the helper counted, with the same log lines."""
-    for verb, reason, count, detail in calls:
-        if verb == "dropped":
-            stats.dropped(reason, count, detail or "", log=detail is not None)
-        else:
-            stats.adjusted(reason, count, detail or "")

@@ -14,7 +14,7 @@ import gzip
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from otel_mixpanel._config import Settings
 from otel_mixpanel._model import Endpoint, Event, IdentityEvent, Message
@@ -83,25 +83,6 @@ def prepare(
             for batch in make_batches(kept, settings.token, stats)]
 
 
-class Counts:
-    """What one attempt counted, kept aside until the sending queue applies it to
-    its stats (an answer that comes after shutdown gave up on it is not counted
-    twice)."""
-
-    def __init__(self) -> None:
-        self._calls: List[Tuple[str, Tuple[Any, ...], Dict[str, Any]]] = []
-
-    def sent(self, kind: str, count: int = 1) -> None:
-        self._calls.append(("sent", (kind, count), {}))
-
-    def dropped(self, reason: str, count: int = 1, detail: str = "") -> None:
-        self._calls.append(("dropped", (reason, count), {"detail": detail}))
-
-    def apply(self, stats: Stats) -> None:
-        for name, args, keywords in self._calls:
-            getattr(stats, name)(*args, **keywords)
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What one attempt settled, by index into the records sent.
@@ -131,7 +112,7 @@ class Client:
 
     def attempt(
         self, endpoint: Endpoint, records: Sequence[bytes], timeout: float,
-        stats: Union[Stats, Counts],
+        stats: Stats,
     ) -> Outcome:
         """Send *records* once, count what left, and say what remains."""
         batch = Batch.of_records(endpoint, records)

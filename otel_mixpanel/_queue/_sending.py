@@ -31,12 +31,12 @@ from otel_mixpanel._context import instrumentation_suppressed
 from otel_mixpanel._model import Endpoint, Message
 from otel_mixpanel._queue._backend import Backend, MemoryBackend, Take
 from otel_mixpanel._queue._batch import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
-from otel_mixpanel._queue._client import KIND, Client, Counts, prepare
+from otel_mixpanel._queue._client import KIND, Client, prepare
 from otel_mixpanel._queue._disk import DiskBackend
 from otel_mixpanel._queue._limits import Limits
 from otel_mixpanel._queue._retry import RetryPolicy
 from otel_mixpanel._queue._transport import Transport
-from otel_mixpanel._stats import Stats, records_text
+from otel_mixpanel._stats import Stats, Tally, records_text
 
 _logger = logging.getLogger("otel_mixpanel")
 
@@ -277,7 +277,7 @@ class SendingQueue:
                 self._in_flight = take
         if take is None:
             return not self._pause(timeout)
-        counts = Counts()
+        counts = Tally()  # applied once the answer is settled, under the lock
         outcome = self._client.attempt(take.endpoint, take.records, timeout, counts)
         with self._locked():
             self._in_flight_until = 0.0
