@@ -181,10 +181,7 @@ def encode(message: Message, token: Optional[str], stats: Stats) -> Optional[byt
     if _orjson is not None:
         fast = dumps(payload)
         if fast is not None:
-            if len(fast) > MAX_RECORD_BYTES:
-                stats.dropped("record_too_large", detail=message.endpoint.value)
-                return None
-            return fast
+            return _within_limit(fast, message, stats)
     try:
         text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -199,6 +196,11 @@ def encode(message: Message, token: Optional[str], stats: Stats) -> Optional[byt
         stats.adjusted("invalid_unicode")
         payload = _spell_out_surrogates(message.payload(token))
         record = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _within_limit(record, message, stats)
+
+
+def _within_limit(record: bytes, message: Message, stats: Stats) -> Optional[bytes]:
+    """*record*, or None (counted) when Mixpanel would refuse its size."""
     if len(record) > MAX_RECORD_BYTES:
         stats.dropped("record_too_large", detail=message.endpoint.value)
         return None
@@ -239,10 +241,7 @@ def encode_many(
         return records
     # "[" record ",\n," record ... ",\n]"
     for index, record in zip(places, joined[1:-3].split(b",\n,")):
-        if len(record) > MAX_RECORD_BYTES:
-            stats.dropped("record_too_large", detail=messages[index].endpoint.value)
-        else:
-            records[index] = record
+        records[index] = _within_limit(record, messages[index], stats)
     return records
 
 
