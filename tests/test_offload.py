@@ -132,7 +132,7 @@ def test_switched_off_by_argument_or_environment(
     mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     off = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url, offload="off")
-    assert Offload(off._settings, enabled=off._settings.offload).state == "off"
+    assert Offload(off._settings).state == "off"
     off.shutdown()
     monkeypatch.setenv("OTEL_EXPORTER_MIXPANEL_OFFLOAD", "OFF")
     assert MixpanelSpanExporter(token="t", api_host=mixpanel.url)._settings.offload is False

@@ -80,7 +80,7 @@ class Intake:
         self._doors = 0
         self._shutdown = False
         self._worker: Optional[threading.Thread] = None
-        self.offload = Offload(queue.settings, enabled=queue.settings.offload)
+        self.offload = Offload(queue.settings)
         _ALL.add(self)
         _stop_offloads_at_exit()
 

@@ -77,14 +77,13 @@ def supported() -> Optional[str]:
 class Offload:
     """The application's side: starts the helper on demand, hands it batches."""
 
-    def __init__(self, settings: Settings, *, enabled: bool = True) -> None:
-        self._settings = settings
-        self._enabled = enabled
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings  # its ``offload`` says whether a helper may start at all
         self._lock = threading.Lock()
         self._process: Optional[subprocess.Popen[bytes]] = None
         self._pipe: Optional[Pipe] = None
         self._ready = threading.Event()
-        self._failed: Optional[str] = None if enabled else "off"
+        self._failed: Optional[str] = None
         self._last_used = 0.0
         self.batches = 0  # handed over and answered (tests, status)
         self.stopping = False  # set when the application shuts the pipeline down
@@ -92,8 +91,10 @@ class Offload:
     @property
     def state(self) -> str:
         """``off``, ``failed: ...``, ``idle``, ``starting`` or ``running``."""
+        if not self._settings.offload:
+            return "off"
         if self._failed is not None:
-            return self._failed if self._failed == "off" else f"failed: {self._failed}"
+            return f"failed: {self._failed}"
         if self._process is None:
             return "idle"
         return "running" if self._ready.is_set() else "starting"
@@ -103,7 +104,7 @@ class Offload:
     ) -> Optional[Tuple[Batches, Calls]]:
         """The encoded batches and counts for *rows*, or None: translate them here.
         Waits for the helper at most *timeout* seconds (and ANSWER_SECONDS)."""
-        if self._failed is not None or len(rows) < MIN_RECORDS:
+        if not self._settings.offload or self._failed is not None or len(rows) < MIN_RECORDS:
             return None
         with self._lock:
             if self._process is None:
