@@ -144,6 +144,9 @@ def test_live_view_shows_what_the_quickstart_sends(
     wait.until(lambda d: "purchases\n1" in profile_text(d, "user-42"))
     profile = profile_text(browser, "user-42")
     assert "plan\npro" in profile and "$email\nada@example.com" in profile
+    # Group updates go in their own request, after the profile updates: the page
+    # may show them one refresh (half a second) later.
+    wait.until(lambda d: "company = acme" in d.find_element(By.ID, "groups").text)
     groups = browser.find_element(By.ID, "groups").text
     assert "company = acme" in groups and "team" in groups
 
