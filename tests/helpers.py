@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, List, Mapping
@@ -13,6 +15,25 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_mixpanel import MixpanelSpanExporter, RetryPolicy, _compat
 from otel_mixpanel.testing import LocalMixpanel
+
+_REFUSING: List[socket.socket] = []
+
+
+@atexit.register
+def _close_refusing() -> None:
+    for sock in _REFUSING:
+        sock.close()
+
+
+def refusing_port() -> int:
+    """A loopback port that refuses connections for the rest of the run: bound and
+    never listening, so no other server (another test, a parallel test session)
+    can take it and answer in its place."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return int(sock.getsockname()[1])
+
 
 # Short backoffs for tests; users keep Mixpanel's real ones.
 FAST = RetryPolicy(initial=0.01, maximum=0.02, jitter=(0, 0))

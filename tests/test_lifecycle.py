@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import warnings
@@ -21,8 +20,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from otel_mixpanel import MixpanelLogExporter, MixpanelSpanExporter, RetryPolicy
 from otel_mixpanel._queue._spool import Spool
 from otel_mixpanel.testing import LocalMixpanel
+from tests.collector import free_port
 from tests.conftest import SENDER
-from tests.helpers import emit, finished_spans
+from tests.helpers import emit, finished_spans, refusing_port
 
 FAST = RetryPolicy(initial=0.05, maximum=0.1, jitter=(0, 0))
 
@@ -45,11 +45,6 @@ def totals_lines(caplog: pytest.LogCaptureFixture) -> List[str]:
             if r.getMessage().startswith("Mixpanel exporter shut down")]
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pipeline(exporter: MixpanelSpanExporter) -> TracerProvider:
@@ -74,7 +69,7 @@ def test_shutdown_with_mixpanel_dead_keeps_everything_in_the_spool(
     record waits in the spool for the next start (none counted lost), and the
     totals line says so."""
     exporter = MixpanelSpanExporter(
-        token="t", api_host=f"http://127.0.0.1:{closed_port()}", timeout=0.5,
+        token="t", api_host=f"http://127.0.0.1:{refusing_port()}", timeout=0.5,
         retry_policy=FAST, spool_dir=str(tmp_path), shutdown_timeout=0.5,
     )
     provider = pipeline(exporter)
@@ -123,7 +118,7 @@ def test_restart_replays_the_spool(tmp_path: Path, mixpanel: LocalMixpanel) -> N
     """Queued while Mixpanel is down, shut down, restarted with Mixpanel up:
     every event arrives once and every update is applied once."""
     down = MixpanelSpanExporter(
-        token=mixpanel.token, api_host=f"http://127.0.0.1:{closed_port()}", timeout=0.5,
+        token=mixpanel.token, api_host=f"http://127.0.0.1:{refusing_port()}", timeout=0.5,
         retry_policy=FAST, spool_dir=str(tmp_path), shutdown_timeout=0.3,
     )
     provider = pipeline(down)
@@ -177,7 +172,7 @@ def test_live_updates_never_overtake_the_spool(tmp_path: Path) -> None:
     """Updates spooled during an outage ("$set plan=free", a hundred times) and a
     newer "$set plan=pro" sent while the spool is still draining reach Mixpanel in
     that order, so the profile ends on pro."""
-    server = LocalMixpanel(port=closed_port())
+    server = LocalMixpanel(port=free_port())  # started later
     down = MixpanelSpanExporter(
         token=server.token, api_host=f"http://127.0.0.1:{server.port}", timeout=0.3,
         retry_policy=FAST, spool_dir=str(tmp_path), shutdown_timeout=0.3,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
-import socket
 from typing import Any, Dict, Iterator, List
 
 import pytest
@@ -25,7 +24,7 @@ from otel_mixpanel._compat import LogRecordExportResult
 from otel_mixpanel._config import resolve_settings
 from otel_mixpanel.testing import LocalMixpanel
 from tests.conftest import ShutDown
-from tests.helpers import FAST, finished_spans, log, memory_log_exporter, until
+from tests.helpers import FAST, finished_spans, log, memory_log_exporter, refusing_port, until
 
 TOKEN = "tok-S3CRET-9f2c7e1a"
 SA_USER = "sa-user-K1w9"
@@ -54,12 +53,6 @@ def raw_bodies(server: LocalMixpanel) -> bytes:
     return b"\n".join(parts)
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -144,7 +137,7 @@ def test_connection_refused_never_logs_credentials(all_logs: pytest.LogCaptureFi
     failed attempts are logged; shutdown counts the record undelivered; no
     credential appears in any of those lines."""
     exporter = MixpanelSpanExporter(
-        token=TOKEN, api_host=f"http://127.0.0.1:{closed_port()}", timeout=0.3,
+        token=TOKEN, api_host=f"http://127.0.0.1:{refusing_port()}", timeout=0.3,
         retry_policy=FAST,
     )
     try:
@@ -166,7 +159,7 @@ def test_connection_refused_with_service_account(all_logs: pytest.LogCaptureFixt
     """Same with a service account: the secret and its Basic form never appear."""
     exporter = MixpanelSpanExporter(
         token=TOKEN, project_id=PROJECT, service_account_username=SA_USER,
-        service_account_secret=SA_SECRET, api_host=f"http://127.0.0.1:{closed_port()}",
+        service_account_secret=SA_SECRET, api_host=f"http://127.0.0.1:{refusing_port()}",
         timeout=0.3, retry_policy=FAST,
     )
     try:
