@@ -19,7 +19,7 @@ Use :class:`MixpanelSpanExporter` with the SDK's ``BatchSpanProcessor``::
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -58,44 +58,75 @@ class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
             return SpanExportResult.SUCCESS
         return SpanExportResult.FAILURE
 
-    def _records(self, spans: Sequence[ReadableSpan]) -> Iterator[Record]:
+    def _records(self, spans: Iterable[ReadableSpan]) -> Iterator[Record]:
+        return self._records_of(filter(None, map(read_span, spans)))
+
+    def _records_of(self, ended: Iterable[Any]) -> Iterator[Record]:
+        """The records of spans as :func:`read_span` kept them."""
         properties_of_resource = self._properties_of_resource
-        for span in spans:
-            # The SDK span's own attributes and events when it has them: its public
-            # properties copy (a MappingProxy whose reads run in Python, a tuple
-            # taken under a lock), and an untagged span must cost next to nothing.
-            attributes = getattr(span, "_attributes", None)
-            if attributes is None:
-                attributes = span.attributes or {}
-            tagged = is_tagged(attributes)
-            raw_events = getattr(span, "_events", None)
-            events = (
-                [event for event in span.events if is_tagged(event.attributes)]
-                if raw_events is None or len(raw_events)
-                else []
-            )
-            if not tagged and not events:
-                continue
-            evicted = getattr(attributes, "dropped", 0) if tagged else 0
+        for attributes, tagged, evicted, events, trace, span, started, ended_at, resource in ended:
             if evicted:
                 self._stats.dropped(_ATTRIBUTE_LIMIT, evicted, detail=_ATTRIBUTE_LIMIT_FIX)
-            context = span.context
             # format_trace_id/format_span_id's spelling in half their time: a
             # %-format skips the format-spec parsing of format() and f-strings.
-            trace_id = "%032x" % context.trace_id if context else None  # noqa: UP031
-            span_id = "%016x" % context.span_id if context else None  # noqa: UP031
+            trace_id = "%032x" % trace if trace is not None else None  # noqa: UP031
+            span_id = "%016x" % span if span is not None else None  # noqa: UP031
             seed = f"{trace_id}{span_id}"
-            resource = properties_of_resource(span.resource.attributes)
+            properties = properties_of_resource(resource)
             if tagged:
-                start = span.start_time or 0
-                end = span.end_time or start
+                start = started or 0
+                end = ended_at or start
                 yield Record(
                     attributes, end // 1_000_000, seed, 0, trace_id, span_id,
-                    (end - start) / 1e9, resource,
+                    (end - start) / 1e9, properties,
                 )
-            for position, event in enumerate(span.events if events else (), start=1):
-                if event in events:
-                    yield Record(
-                        event.attributes or {}, event.timestamp // 1_000_000, seed, position,
-                        trace_id, span_id, resource=resource, inherited=attributes,
-                    )
+            for position, event in events:
+                yield Record(
+                    event.attributes or {}, event.timestamp // 1_000_000, seed, position,
+                    trace_id, span_id, resource=properties, inherited=attributes,
+                )
+
+
+# What the exporter keeps of an ended span: (attributes, tagged, attributes
+# evicted, ((position, tagged event), ...), trace id, span id, start ns, end ns,
+# resource attributes).
+EndedSpan = Tuple[Mapping[str, Any], bool, int, Tuple[Tuple[int, Any], ...],
+                  Optional[int], Optional[int], Optional[int], Optional[int], Mapping[str, Any]]
+
+
+def read_span(span: ReadableSpan) -> Optional[EndedSpan]:
+    """What Mixpanel needs of an ended *span*, or None when it has nothing for it.
+
+    :class:`~otel_mixpanel.configure`'s span processor calls it as the span ends,
+    on the application's thread (about what the SDK's batch processor costs it):
+    the span itself is then free to go, while only this tuple waits for the
+    worker. A span waiting whole keeps a dozen objects alive that the garbage
+    collector walks again and again on the application's threads; an untagged
+    span does not wait at all.
+    """
+    # The SDK span's own attributes and events when it has them: its public
+    # properties copy (a MappingProxy whose reads run in Python, a tuple taken
+    # under a lock), and an untagged span must cost next to nothing.
+    attributes = getattr(span, "_attributes", None)
+    if attributes is None:
+        attributes = span.attributes or {}
+    tagged = is_tagged(attributes)
+    raw_events = getattr(span, "_events", None)
+    events = (
+        tuple((position, event) for position, event in enumerate(span.events, start=1)
+              if is_tagged(event.attributes))
+        if raw_events is None or len(raw_events)
+        else ()
+    )
+    if not tagged and not events:
+        return None
+    evicted = getattr(attributes, "dropped", 0) if tagged else 0
+    # The SDK's BoundedAttributes keeps a plain dict, which never changes once
+    # the span has ended: keep that (reads in C), not its Python-level wrapper.
+    plain = getattr(attributes, "_dict", None)
+    context = span.context
+    return (
+        plain if type(plain) is dict else attributes, tagged, evicted, events,
+        context.trace_id if context else None, context.span_id if context else None,
+        span.start_time, span.end_time, span.resource.attributes,
+    )

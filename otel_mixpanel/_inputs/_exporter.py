@@ -150,6 +150,11 @@ class MixpanelExporterBase:
         """The signal exporter's reading of its SDK objects (spans, log records)."""
         raise NotImplementedError
 
+    def _records_of(self, kept: Sequence[Any]) -> Iterator[Record]:
+        """The same, of what the ordered processor kept of them (by default the
+        objects themselves)."""
+        return self._records(kept)
+
     def _messages(self, records: Iterable[Record]) -> List[Message]:
         """Translate *records*; one bad record never costs the others."""
         return translate_all(records, self._stats, trace_ids=self._settings.trace_ids)

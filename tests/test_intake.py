@@ -1,0 +1,73 @@
+"""configure()'s ordered buffer: what waits in it for the worker, and what does not."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any, List
+
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+from otel_mixpanel import configure
+from otel_mixpanel.testing import LocalMixpanel
+
+
+def test_a_tagged_span_is_read_as_it_ends_and_let_go(mixpanel: LocalMixpanel) -> None:
+    """Only what Mixpanel needs of a span waits for the worker: the span object
+    itself can be collected at once (a buffer of whole spans is what the garbage
+    collector walks on the application's threads), and the event still carries
+    everything the span said."""
+    ended: List[Any] = []
+
+    class Watch(SpanProcessor):
+        def on_end(self, span: Any) -> None:  # the very object our processor is given
+            ended.append(weakref.ref(span))
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(Watch())
+    pipeline = configure(tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+                         token=mixpanel.token, api_host=mixpanel.url,
+                         schedule_delay_millis=60_000)  # the worker leaves it waiting
+    try:
+        with tracer_provider.get_tracer("t").start_as_current_span("checkout") as span:
+            span.set_attribute("mixpanel.event", "Purchased")
+            span.set_attribute("mixpanel.distinct_id", "user-1")
+            span.set_attribute("mixpanel.properties.amount", 12.5)
+            span.add_event("coupon", {"mixpanel.event": "Coupon Used"})
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+        del span
+        gc.collect()
+        assert len(ended) == 1
+        assert ended[0]() is None, "the buffer kept the whole span"
+
+        assert pipeline.force_flush()
+        events = {e["event"]: e["properties"] for e in mixpanel.events}
+        assert set(events) == {"Purchased", "Coupon Used"}
+        assert events["Purchased"]["amount"] == 12.5
+        assert events["Purchased"]["distinct_id"] == "user-1"
+        assert events["Coupon Used"]["distinct_id"] == "user-1"  # the span's identity
+        assert events["Purchased"]["trace_id"] == events["Coupon Used"]["trace_id"] == trace_id
+    finally:
+        pipeline.shutdown()
+
+
+def test_untagged_spans_take_no_place_in_the_buffer(mixpanel: LocalMixpanel) -> None:
+    """A traced application ends many spans that are not for Mixpanel: none of
+    them waits in the buffer, so none can push a tagged one out of it."""
+    tracer_provider = TracerProvider()
+    pipeline = configure(tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+                         token=mixpanel.token, api_host=mixpanel.url,
+                         max_queue_size=2, schedule_delay_millis=60_000)
+    try:
+        tracer = tracer_provider.get_tracer("t")
+        for index in range(50):
+            with tracer.start_as_current_span("db.query") as span:
+                span.set_attribute("db.statement", f"SELECT {index}")
+        with tracer.start_as_current_span("checkout") as span:
+            span.set_attribute("mixpanel.event", "Purchased")
+        assert pipeline.force_flush()
+        assert [e["event"] for e in mixpanel.events] == ["Purchased"]
+        assert pipeline.stats()["dropped"] == {}
+    finally:
+        pipeline.shutdown()
