@@ -104,18 +104,24 @@ def read_span(span: ReadableSpan) -> Optional[EndedSpan]:
     collector walks again and again on the application's threads; an untagged
     span does not wait at all.
     """
-    # The SDK span's own attributes and events when it has them: its public
-    # properties copy (a MappingProxy whose reads run in Python, a tuple taken
-    # under a lock), and an untagged span must cost next to nothing.
-    attributes = getattr(span, "_attributes", None)
+    if type(span) is ReadableSpan:
+        # What every processor is given: the SDK's own fields, read directly. Its
+        # public properties copy (a MappingProxy whose reads run in Python, a
+        # tuple of events taken under a lock) or run in Python (every other one),
+        # and this runs on the application's thread for every span.
+        attributes, queue = span._attributes, getattr(span._events, "_dq", span._events)
+        context, resource = span._context, span._resource
+        start, end = span._start_time, span._end_time
+    else:  # a span of another making: only its public interface
+        attributes, queue, context = span.attributes, None, span.context
+        resource, start, end = span.resource, span.start_time, span.end_time
     if attributes is None:
-        attributes = span.attributes or {}
+        attributes = {}
     tagged = is_tagged(attributes)
-    raw_events = getattr(span, "_events", None)
     events = (
         tuple((position, event) for position, event in enumerate(span.events, start=1)
               if is_tagged(event.attributes))
-        if raw_events is None or len(raw_events)
+        if queue is None or queue  # the SDK's events are a BoundedList around a deque
         else ()
     )
     if not tagged and not events:
@@ -124,9 +130,8 @@ def read_span(span: ReadableSpan) -> Optional[EndedSpan]:
     # The SDK's BoundedAttributes keeps a plain dict, which never changes once
     # the span has ended: keep that (reads in C), not its Python-level wrapper.
     plain = getattr(attributes, "_dict", None)
-    context = span.context
     return (
         plain if type(plain) is dict else attributes, tagged, evicted, events,
         context.trace_id if context else None, context.span_id if context else None,
-        span.start_time, span.end_time, span.resource.attributes,
+        start, end, resource.attributes,
     )

@@ -172,6 +172,39 @@ def test_span_events_are_their_own_events(mixpanel: LocalMixpanel, shut_down: Sh
     assert props["time"] == spans[0].events[0].timestamp // 1_000_000
 
 
+def test_a_span_of_another_making_gives_the_same_events(
+    mixpanel: LocalMixpanel, shut_down: ShutDown
+) -> None:
+    """The SDK's own spans are read through their fields; any other ReadableSpan
+    (a wrapper, a vendor's subclass) through its public properties, with the
+    same result."""
+
+    class Wrapped(ReadableSpan):  # only the public interface: its fields are hidden
+        def __init__(self, inner: ReadableSpan) -> None:
+            self.inner = inner
+
+        def __getattribute__(self, name: str) -> Any:
+            if name.startswith("_") and not name.startswith("__"):
+                raise AttributeError(name)
+            if name == "inner":
+                return object.__getattribute__(self, name)
+            return getattr(object.__getattribute__(self, "inner"), name)
+
+    exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
+    spans = finished_spans(
+        {"mixpanel.event": "Paid", "mixpanel.distinct_id": "u", "mixpanel.properties.n": 3},
+        {"note": "untagged"},
+        {"mixpanel.user_id": "u7"},
+        events=[("click", {"mixpanel.event": "Clicked"}), ("log", {"note": "untagged"})],
+    )
+    exporter.export(spans)
+    own = mixpanel.events
+    mixpanel.clear()
+    exporter.export([Wrapped(span) for span in spans])
+    assert [e["event"] for e in own] == ["Paid", "Clicked", "Clicked", "Clicked"]
+    assert mixpanel.events == own
+
+
 def test_time_is_span_end_in_ms(mixpanel: LocalMixpanel, shut_down: ShutDown) -> None:
     """The event time is the span's end time, in integer milliseconds."""
     exporter = shut_down(MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url))
