@@ -25,7 +25,7 @@ import otel_mixpanel
 from otel_mixpanel import ConfigurationError, MixpanelSpanExporter
 from otel_mixpanel._convention._translate import translate_all
 from otel_mixpanel._inputs import _intake
-from otel_mixpanel._offload import MIN_RECORDS, Offload, _wire
+from otel_mixpanel._offload import MIN_RECORDS, MIN_RUNNING, Offload, _wire
 from otel_mixpanel._queue._client import prepare
 from otel_mixpanel._queue._limits import Limits
 from otel_mixpanel._stats import Tally
@@ -126,6 +126,20 @@ def test_light_load_never_starts_it(exporter: MixpanelSpanExporter) -> None:
     rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])
     assert offload.run(rows * (MIN_RECORDS - 1)) is None
     assert offload.state == "idle"
+
+
+def test_once_running_it_takes_smaller_batches(
+    exporter: MixpanelSpanExporter, helper: Offload,
+) -> None:
+    """A busy application's smaller batches go to the helper too (they would
+    hold the interpreter lock here); the smallest stay, not worth the trip."""
+    rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])
+    answered = helper.batches
+    assert helper.run(rows * (MIN_RUNNING - 1)) is None
+    answer = helper.run(rows * MIN_RUNNING)
+    assert answer is not None and helper.batches == answered + 1
+    batches, _ = answer
+    assert sum(len(records) for _, records in batches) == MIN_RUNNING
 
 
 def test_switched_off_by_argument_or_environment(

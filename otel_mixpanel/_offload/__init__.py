@@ -43,12 +43,17 @@ from otel_mixpanel._offload._wire import (
     write_frame,
 )
 
-__all__ = ["MIN_RECORDS", "Offload"]
+__all__ = ["MIN_RECORDS", "MIN_RUNNING", "Offload"]
 
 _logger = logging.getLogger("otel_mixpanel")
 # A batch this big means the application is busy: below it, the pipe's round
 # trip is not worth it (and an application under light load never starts it).
 MIN_RECORDS = 256
+# Once it runs (the application has been busy within the last minute), smaller
+# batches go too: a hundred records translated here hold the interpreter lock
+# for over a millisecond, handed over for a fifth of that, and the last
+# batches of a burst then take both cores instead of one.
+MIN_RUNNING = 32
 IDLE_SECONDS = 60.0
 # A batch takes it milliseconds; this long means it hangs (or the machine does):
 # the batch is translated here, and the helper is not used again.
@@ -104,8 +109,10 @@ class Offload:
     ) -> Optional[Tuple[Batches, Calls]]:
         """The encoded batches and counts for *rows*, or None: translate them here.
         Waits for the helper at most *timeout* seconds (and ANSWER_SECONDS)."""
-        if not self._settings.offload or self._failed is not None or len(rows) < MIN_RECORDS:
+        if not self._settings.offload or self._failed is not None or len(rows) < MIN_RUNNING:
             return None
+        if len(rows) < MIN_RECORDS and not self._ready.is_set():
+            return None  # light load: not worth starting it, or waiting for it
         with self._lock:
             if self._process is None:
                 self._start()
