@@ -20,7 +20,7 @@ import datetime
 import logging
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from opentelemetry.trace import format_span_id, format_trace_id
 
@@ -58,27 +58,51 @@ class MixpanelLogExporter(MixpanelExporterBase, LogRecordExporter):
             return LogRecordExportResult.SUCCESS
         return LogRecordExportResult.FAILURE
 
-    def _records(self, batch: Sequence[Any]) -> Iterator[Record]:
-        for data in batch:
-            log_record = data.log_record
-            attributes = log_record.attributes
-            if not is_tagged(attributes):
-                continue
-            scope = data.instrumentation_scope
-            if scope is not None and scope.name.startswith(OWN_LOGGER_PREFIX):
+    def _records(self, batch: Iterable[Any]) -> Iterator[Record]:
+        return self._records_of(filter(None, map(read_log, batch)))
+
+    def _records_of(self, kept: Iterable[Any]) -> Iterator[Record]:
+        """The records of log records as :func:`read_log` kept them."""
+        for attributes, own, time_ns, trace, span, body, resource in kept:
+            if own is not None:
                 # Our own warnings, routed back by a logging handler: never analytics.
-                self._stats.dropped("own_log_record", detail=scope.name)
+                self._stats.dropped("own_log_record", detail=own)
                 continue
-            time_ns = log_record.timestamp or log_record.observed_timestamp or time.time_ns()
-            trace_id = format_trace_id(log_record.trace_id) if log_record.trace_id else None
-            span_id = format_span_id(log_record.span_id) if log_record.span_id else None
-            resource = log_resource(data)
-            seed = log_seed(log_record.body, attributes, time_ns, trace_id, span_id)
+            trace_id = format_trace_id(trace) if trace else None
+            span_id = format_span_id(span) if span else None
+            seed = log_seed(body, attributes, time_ns, trace_id, span_id)
             yield Record(
-                attributes, time_ns // 1_000_000, seed,
-                0, trace_id, span_id, resource=self._properties_of_resource(
-                    resource.attributes if resource is not None else {}),
+                attributes, time_ns // 1_000_000, seed, 0, trace_id, span_id,
+                resource=self._properties_of_resource(resource),
             )
+
+
+# What the exporter keeps of an emitted log record: (attributes, the scope name
+# when it is one of our own loggers, time ns, trace id, span id, body, resource
+# attributes).
+KeptLog = Tuple[Mapping[str, Any], Optional[str], int, Optional[int], Optional[int], Any,
+                Mapping[str, Any]]
+
+
+def read_log(data: Any) -> Optional[KeptLog]:
+    """What Mixpanel needs of an emitted log record, or None when it has nothing
+    for it: on the application's thread, like :func:`otel_mixpanel.trace.read_span`
+    (the record itself is then free to go)."""
+    log_record = data.log_record
+    attributes = log_record.attributes
+    if not is_tagged(attributes):
+        return None
+    scope = data.instrumentation_scope
+    own = scope.name if scope is not None and scope.name.startswith(OWN_LOGGER_PREFIX) else None
+    resource = log_resource(data)
+    # The SDK's BoundedAttributes keeps a plain dict: keep that (reads in C).
+    plain = getattr(attributes, "_dict", None)
+    return (
+        plain if type(plain) is dict else attributes, own,
+        log_record.timestamp or log_record.observed_timestamp or time.time_ns(),
+        log_record.trace_id, log_record.span_id, log_record.body,
+        resource.attributes if resource is not None else {},
+    )
 
 
 def logging_handler(logger_provider: Any = None, level: int = logging.NOTSET) -> logging.Handler:

@@ -10,7 +10,9 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from otel_mixpanel import configure
+from otel_mixpanel._compat import LogRecordProcessor
 from otel_mixpanel.testing import LocalMixpanel
+from tests.helpers import log
 
 
 def test_a_tagged_span_is_read_as_it_ends_and_let_go(mixpanel: LocalMixpanel) -> None:
@@ -68,6 +70,46 @@ def test_untagged_spans_take_no_place_in_the_buffer(mixpanel: LocalMixpanel) -> 
             span.set_attribute("mixpanel.event", "Purchased")
         assert pipeline.force_flush()
         assert [e["event"] for e in mixpanel.events] == ["Purchased"]
+        assert pipeline.stats()["dropped"] == {}
+    finally:
+        pipeline.shutdown()
+
+
+def test_log_records_are_read_as_they_are_emitted(mixpanel: LocalMixpanel) -> None:
+    """Log records (track(), structlog, stdlib logging) wait as what Mixpanel
+    needs of them, like spans: the SDK's record is let go at once, an untagged
+    one takes no place in the buffer, and the event still carries its body's
+    identity (the same $insert_id when exported again)."""
+    emitted: List[Any] = []
+
+    class Watch(LogRecordProcessor):
+        def on_emit(self, log_data: Any) -> None:  # the very object our processor is given
+            emitted.append(weakref.ref(log_data))
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(Watch())
+    pipeline = configure(tracer_provider=TracerProvider(), logger_provider=logger_provider,
+                         token=mixpanel.token, api_host=mixpanel.url,
+                         max_queue_size=2, schedule_delay_millis=60_000)
+    try:
+        logger = logger_provider.get_logger("app")
+        for index in range(50):
+            log(logger, body=f"untagged {index}", attributes={"http.route": "/"})
+        log(logger, body="paid", attributes={"mixpanel.event": "Purchased",
+                                             "mixpanel.distinct_id": "user-1"})
+        gc.collect()
+        assert len(emitted) == 51
+        assert all(ref() is None for ref in emitted), "the buffer kept a whole log record"
+        assert pipeline.force_flush()
+        (event,) = mixpanel.events
+        assert event["event"] == "Purchased"
+        assert event["properties"]["distinct_id"] == "user-1"
         assert pipeline.stats()["dropped"] == {}
     finally:
         pipeline.shutdown()

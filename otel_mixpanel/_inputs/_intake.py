@@ -35,12 +35,13 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from otel_mixpanel._compat import LogRecordProcessor
 from otel_mixpanel._context import instrumentation_suppressed
-from otel_mixpanel._convention._translate import Record, is_tagged
+from otel_mixpanel._convention._translate import Record
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._model import Message
 from otel_mixpanel._offload import Offload
 from otel_mixpanel._queue import SendingQueue
 from otel_mixpanel._stats import apply
+from otel_mixpanel.logs import read_log
 from otel_mixpanel.trace import read_span
 
 QUEUE_FULL = "queue_full"
@@ -104,14 +105,9 @@ class Intake:
         """On the application's thread: as cheap as the SDK's batch processor."""
         items = self._items
         if self._shutdown:
-            # The SDK cannot remove a processor: after shutdown every span still
-            # passes here. Only tagged ones are a loss worth counting (spans
-            # come read, and only when tagged).
-            attributes = getattr(item, "attributes", None)
-            if attributes is None:
-                attributes = getattr(getattr(item, "log_record", None), "attributes", None)
-            if kind == _SPAN or is_tagged(attributes):
-                self.queue.stats.dropped("exporter_shut_down", detail="telemetry after shutdown()")
+            # The SDK cannot remove a processor: after shutdown every span and
+            # record still passes here (read, and only when tagged): a loss.
+            self.queue.stats.dropped("exporter_shut_down", detail="telemetry after shutdown()")
             return
         if len(items) >= self._max_queue_size:
             self.queue.stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
@@ -281,7 +277,10 @@ class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
     _kind = _LOG
 
     def on_emit(self, log_data: Any) -> None:
-        self._intake.offer(_LOG, log_data)
+        # Read now, as spans are: only what Mixpanel needs waits, only when tagged.
+        kept = read_log(log_data)
+        if kept is not None:
+            self._intake.offer(_LOG, kept)
 
 
 _at_exit_registered = False
