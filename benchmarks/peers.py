@@ -32,7 +32,7 @@ import time
 import zlib
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a fresh clone
@@ -138,8 +138,9 @@ def _measure(sink: Child, n: int, name: str, call: Callable[[int], Any],
 
 def best(rows: List[Row]) -> Row:
     """Several runs of one path: the least caller time and the most events/s
-    (noise on a shared machine only adds time), the fewest delivered."""
-    name, _, _, _, note = rows[-1]
+    (noise on a shared machine only adds time), the fewest delivered, and the
+    note of the run that delivered fewest (its refusals, its drops)."""
+    name, _, _, _, note = min(rows, key=lambda row: row[3])
     return (name, min(r[1] for r in rows), max(r[2] for r in rows), min(r[3] for r in rows),
             note)
 
@@ -150,15 +151,20 @@ def baseline(n: int) -> float:
     provider.add_span_processor(BatchSpanProcessor(NoopSpanExporter()))
     tracer = provider.get_tracer("bench")
     per_event(lambda i: emit_bare(tracer, i), 2000)
-    wall = min(per_event(lambda i: emit_bare(tracer, i), n)[0] for _ in range(3))
+    wall = per_event(lambda i: emit_bare(tracer, i), n)[0]
     provider.shutdown()
     return wall
 
 
-def ours(sink: Child, n: int, runs: int = 1) -> List[Row]:
-    rows = []
-    for label, how in (("otel-mixpanel: configure() + track()", "track"),
-                       ("otel-mixpanel: configure() + a tagged span", "span")):
+Run = Callable[[Child, int], Row]  # one measured run of a path, set up and torn down
+
+
+def ours(how: str) -> Run:
+    """configure() and a tagged span (*how* = "span") or track() ("track")."""
+    label = ("otel-mixpanel: configure() + a tagged span" if how == "span"
+             else "otel-mixpanel: configure() + track()")
+
+    def run(sink: Child, n: int) -> Row:
         tracer_provider, logger_provider = providers()
         pipeline = otel_mixpanel.configure(
             tracer_provider=tracer_provider, logger_provider=logger_provider,
@@ -166,12 +172,12 @@ def ours(sink: Child, n: int, runs: int = 1) -> List[Row]:
         )
         tracer = tracer_provider.get_tracer("bench")
 
-        def call(i: int, how: str = how, tracer: Any = tracer, lp: Any = logger_provider) -> None:
+        def call(i: int) -> None:
             if how == "span":
                 emit_tagged(tracer, i)
             else:
                 otel_mixpanel.track("Purchased", PROPERTIES, distinct_id=f"user-{i % 1000}",
-                                    logger_provider=lp)
+                                    logger_provider=logger_provider)
 
         # Warm-up, not counted: as in a service that has been busy before, the
         # helper process that translates under load is running (it starts on the
@@ -183,13 +189,15 @@ def ours(sink: Child, n: int, runs: int = 1) -> List[Row]:
         while helper is not None and helper.state == "starting" and time.monotonic() < deadline:
             time.sleep(0.05)
         note = f"default install; helper process {helper.state if helper else 'absent'}"
-        flush = functools.partial(pipeline.force_flush, 60_000)
-        rows.append(best([_measure(sink, n, label, call, flush, note) for _ in range(runs)]))
-        dropped = sum(pipeline.stats()["dropped"].values())
-        if dropped:
-            rows[-1] = (*rows[-1][:4], f"{note}; dropped {dropped} (counted)")
-        pipeline.shutdown(30_000)
-    return rows
+        try:
+            row = _measure(sink, n, label, call, functools.partial(pipeline.force_flush, 60_000),
+                           note)
+            dropped = sum(pipeline.stats()["dropped"].values())
+        finally:
+            pipeline.shutdown(30_000)
+        return (*row[:4], f"{note}; dropped {dropped} (counted)") if dropped else row
+
+    return run
 
 
 class _Refusals(logging.Handler):
@@ -204,66 +212,93 @@ class _Refusals(logging.Handler):
             self.count += 1
 
 
-def peers(sink: Child, n: int, runs: int = 1) -> List[Row]:
-    rows: List[Row] = []
-    host = sink.hello
-    refusals = _Refusals()
-    logging.getLogger().addHandler(refusals)
-    try:
-        try:
-            import mixpanel  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+def mixpanel_python() -> Run:
+    import mixpanel  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
 
-            urls = {f"{k}_url": f"{host}/{k}" for k in ("events", "people", "import", "groups")}
-            consumer = mixpanel.BufferedConsumer(50, **urls)
-            client = mixpanel.Mixpanel("token", consumer=consumer)
-            rows.append(best([_measure(
-                sink, n, "mixpanel-python, BufferedConsumer(50)",
-                lambda i: client.track(f"user-{i % 1000}", "Purchased", PROPERTIES),
-                consumer.flush, "sends on the caller's thread every 50 events",
-            ) for _ in range(runs)]))
+    def run(sink: Child, n: int) -> Row:
+        urls = {f"{k}_url": f"{sink.hello}/{k}" for k in ("events", "people", "import", "groups")}
+        consumer = mixpanel.BufferedConsumer(50, **urls)
+        client = mixpanel.Mixpanel("token", consumer=consumer)
+        return _measure(sink, n, "mixpanel-python, BufferedConsumer(50)",
+                        lambda i: client.track(f"user-{i % 1000}", "Purchased", PROPERTIES),
+                        consumer.flush, "sends on the caller's thread every 50 events")
+
+    return run
+
+
+def queued_peer(label: str, module: str, factory: str, options: Any) -> Run:
+    """Segment or PostHog: a fresh client each run (its queue starts empty)."""
+    imported = __import__(module, fromlist=[factory])
+
+    def run(sink: Child, n: int) -> Row:
+        sized = {k: (n if v == "burst" else v) for k, v in options.items()}
+        peer = getattr(imported, factory)("key", host=sink.hello, **sized)
+        if module == "posthog":
+            def send(i: int) -> Any:
+                return peer.capture("Purchased", distinct_id=f"user-{i % 1000}",
+                                    properties=PROPERTIES)
+        else:
+            def send(i: int) -> Any:
+                return peer.track(user_id=f"user-{i % 1000}", event="Purchased",
+                                  properties=PROPERTIES)
+        refusals = _Refusals()
+        logging.getLogger().addHandler(refusals)
+        try:
+            row = _measure(sink, n, label, send, peer.flush)
+        finally:
+            logging.getLogger().removeHandler(refusals)
+            with contextlib.suppress(Exception):
+                peer.shutdown()
+        note = f"{refusals.count} refused with a log line (queue full)" if refusals.count else ""
+        return (*row[:4], note)
+
+    return run
+
+
+def paths() -> List[Tuple[str, Optional[Run]]]:
+    """Every row of the table: (label, its run, or None when not installed)."""
+    found: List[Tuple[str, Optional[Run]]] = [
+        ("otel-mixpanel: configure() + track()", ours("track")),
+        ("otel-mixpanel: configure() + a tagged span", ours("span")),
+    ]
+    for label, make in (
+        ("mixpanel-python", mixpanel_python),
+        ("segment-analytics-python, defaults", functools.partial(
+            queued_peer, "segment-analytics-python, defaults", "segment.analytics", "Client", {})),
+        ("segment-analytics-python, queue sized for the burst", functools.partial(
+            queued_peer, "segment-analytics-python, queue sized for the burst",
+            "segment.analytics", "Client", {"max_queue_size": "burst"})),
+        ("posthog, defaults", functools.partial(
+            queued_peer, "posthog, defaults", "posthog", "Posthog", {})),
+    ):
+        try:
+            found.append((label, make()))
         except ImportError:
-            rows.append(("mixpanel-python: not installed", float("nan"), float("nan"), 0, ""))
-        for label, module, factory, options in (
-            ("segment-analytics-python, defaults", "segment.analytics", "Client", {}),
-            ("segment-analytics-python, queue sized for the burst", "segment.analytics", "Client",
-             {"max_queue_size": n}),
-            ("posthog, defaults", "posthog", "Posthog", {}),
-        ):
-            try:
-                imported = __import__(module, fromlist=[factory])
-            except ImportError:
-                rows.append((f"{label}: not installed", float("nan"), float("nan"), 0, ""))
-                continue
-            measured, refused = [], 0
-            for _ in range(runs):  # a fresh client each run: its queue starts empty
-                peer = getattr(imported, factory)("key", host=host, **options)
-                if module == "posthog":
-                    def send(i: int, c: Any = peer) -> Any:
-                        return c.capture("Purchased", distinct_id=f"user-{i % 1000}",
-                                         properties=PROPERTIES)
-                else:
-                    def send(i: int, c: Any = peer) -> Any:
-                        return c.track(user_id=f"user-{i % 1000}", event="Purchased",
-                                       properties=PROPERTIES)
-                refusals.count = 0
-                measured.append(_measure(sink, n, label, send, peer.flush))
-                refused = max(refused, refusals.count)
-                with contextlib.suppress(Exception):
-                    peer.shutdown()
-            row = best(measured)
-            rows.append((*row[:4], f"{refused} refused with a log line (queue full)"
-                         if refused else ""))
-    finally:
-        logging.getLogger().removeHandler(refusals)
-    return rows
+            found.append((f"{label}: not installed", None))
+    return found
+
+
+def measure(sink: Child, n: int, runs: int) -> Tuple[float, List[Row]]:
+    """The baseline and every path *runs* times, in rounds (each round runs each
+    once, in turn): a machine that gets busier or quieter during the run weighs
+    on every row alike, not on the rows measured last. Each: its best run."""
+    table = paths()
+    bases: List[float] = []
+    measured: List[List[Row]] = [[] for _ in table]
+    for _ in range(runs):
+        bases.append(baseline(n))
+        for (_, run), rows in zip(table, measured):
+            if run is not None:
+                rows.append(run(sink, n))
+    return min(bases), [best(rows) if rows else (label, float("nan"), float("nan"), 0, "")
+                        for (label, _), rows in zip(table, measured)]
 
 
 def side_by_side(n: int, runs: int = 3) -> str:
     """The table, each path measured *runs* times (the best of them shown)."""
     sink = Child(_counting_sink)
     try:
-        base = baseline(n)
-        rows = ours(sink, n, runs) + peers(sink, n, runs)
+        base, rows = measure(sink, n, runs)
     finally:
         sink.stop()
     lines = [
