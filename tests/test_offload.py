@@ -197,6 +197,41 @@ def test_configure_under_load_delivers_everything_through_the_helper(
     assert (busy["n"], busy["distinct_id"], busy["service.name"]) == (42, "u0", "shop")
 
 
+def test_a_flush_shares_its_batch_between_the_helper_and_this_thread(
+    mixpanel: LocalMixpanel, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """force_flush() (the application waiting): the helper translates the first
+    half of a batch while the flushing thread translates the second; Mixpanel
+    receives both, in order (the helper and this thread translate alike: see
+    the equivalence tests above)."""
+    tracer_provider, pipeline, intake = configured(mixpanel, schedule_delay_millis=60_000)
+    handed: List[int] = []
+    run = intake.offload.run
+
+    def counting_run(rows: Any, timeout: Any = None, meanwhile: Any = None) -> Any:
+        answer = run(rows, timeout, meanwhile)
+        if answer is not None:
+            handed.append(len(rows))
+        return answer
+
+    try:
+        burst(tracer_provider, "Warm", MIN_RECORDS)
+        pipeline.force_flush(30_000)
+        assert wait_until(lambda: intake.offload.state == "running"), intake.offload.state
+        monkeypatch.setattr(intake.offload, "run", counting_run)
+        mixpanel.clear()
+        burst(tracer_provider, "Flushed", 200)  # held: the worker waits for 256
+        assert pipeline.force_flush(30_000)
+        stats = pipeline.stats()
+    finally:
+        pipeline.shutdown(30_000)
+    assert handed == [100]  # the first half; the second was translated here meanwhile
+    assert [e["event"] for e in mixpanel.events] == [f"Flushed{i}" for i in range(200)]
+    assert stats["dropped"] == {}
+    assert [e["properties"]["n"] for e in mixpanel.events] == list(range(200))
+    assert len({e["properties"]["$insert_id"] for e in mixpanel.events}) == 200
+
+
 def test_a_helper_that_dies_costs_nothing_and_says_so_once(
     mixpanel: LocalMixpanel, caplog: pytest.LogCaptureFixture,
 ) -> None:

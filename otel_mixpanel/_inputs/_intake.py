@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
@@ -38,7 +38,7 @@ from otel_mixpanel._context import instrumentation_suppressed
 from otel_mixpanel._convention._translate import Record
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 from otel_mixpanel._model import Message
-from otel_mixpanel._offload import Offload
+from otel_mixpanel._offload import MIN_RUNNING, Offload
 from otel_mixpanel._queue import SendingQueue
 from otel_mixpanel._stats import apply
 from otel_mixpanel.logs import read_log
@@ -130,36 +130,54 @@ class Intake:
             while self._items:
                 batch = [self._items.popleft()
                          for _ in range(min(len(self._items), self._batch_size))]
-                self._submit(batch, deadline)
+                self._submit(batch, deadline, flushing=everything)
                 if not everything and len(self._items) < self._wake_at:
                     break
 
-    def _submit(self, batch: List[Tuple[int, Any]], deadline: Optional[float] = None) -> None:
-        """Translate runs of each signal in order, then one submission: in the
-        helper process when the batch is big enough and it is running."""
+    def _submit(
+        self, batch: List[Tuple[int, Any]], deadline: Optional[float] = None, *,
+        flushing: bool = False,
+    ) -> None:
+        """Translate runs of each signal in order, then submit: in the helper
+        process when the batch is big enough and it is running.
+
+        *flushing* (force_flush(), shutdown(): the application waits, its
+        thread idle) splits a batch: the helper translates the first half
+        while this thread translates the second, two cores instead of one for
+        the last batches of a burst; the halves are submitted in order."""
         owner = self.exporters[_SPAN] or self.exporters[_LOG]
         if owner is None:
             return
         handed = False
         try:
-            runs: List[Tuple[MixpanelExporterBase, List[Record]]] = []
+            read: List[Tuple[MixpanelExporterBase, Record]] = []
             for kind, run in itertools.groupby(batch, key=operator.itemgetter(0)):
                 exporter = self.exporters[kind]
                 if exporter is not None:
-                    runs.append((exporter, list(exporter._records_of([item for _, item in run]))))
-            offloaded = self._offloaded(runs, deadline)
+                    read.extend((exporter, record)
+                                for record in exporter._records_of([item for _, item in run]))
+            cut = len(read)
+            if flushing and len(read) >= 2 * MIN_RUNNING and self.offload.state == "running":
+                cut = len(read) // 2
+            here: List[List[Message]] = []  # the second half, translated meanwhile
+
+            def meanwhile() -> None:
+                here.append(_translate(read[cut:]))
+
+            offloaded = self._offloaded(read[:cut], deadline,
+                                        meanwhile if cut < len(read) else None)
+            rest = here[0] if here else _translate(read[cut:])
             if offloaded is not None:
                 batches, calls = offloaded
                 apply(calls, owner._stats)  # what the helper counted, counted here
                 handed = True
                 self.queue.submit_encoded(batches)
+                owner._submit(rest, wait=False)
                 return
-            messages: List[Message] = []
-            for exporter, records in runs:
-                messages.extend(exporter._messages(records))
             # No waiting for Mixpanel's answer: this thread must keep
             # draining the buffer whatever Mixpanel does (a hanging request
             # would otherwise fill it); force_flush() waits for answers.
+            messages = _translate(read[:cut]) + rest
             handed = True
             owner._submit(messages, wait=False)
         except Exception:  # pragma: no cover - never into the worker loop
@@ -173,14 +191,14 @@ class Intake:
             raise
 
     def _offloaded(
-        self, runs: List[Tuple[MixpanelExporterBase, List[Record]]], deadline: Optional[float],
+        self, read: List[Tuple[MixpanelExporterBase, Record]], deadline: Optional[float],
+        meanwhile: Optional[Callable[[], None]] = None,
     ) -> Optional[Tuple[Any, Any]]:
-        """The helper's answer for *runs*, or None (translate here) whatever happens."""
-        rows = [(record, exporter._settings.trace_ids)
-                for exporter, records in runs for record in records]
+        """The helper's answer for *read*, or None (translate here) whatever happens."""
+        rows = [(record, exporter._settings.trace_ids) for exporter, record in read]
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return self.offload.run(rows, timeout)
+            return self.offload.run(rows, timeout, meanwhile)
         except Exception:  # pragma: no cover - run() keeps its own failures
             return None
 
@@ -218,6 +236,15 @@ class Intake:
         self._export_lock = threading.Lock()
         if not self._shutdown:
             self._start()
+
+
+def _translate(read: List[Tuple[MixpanelExporterBase, Record]]) -> List[Message]:
+    """The messages of *read*, each run of one exporter's records translated
+    with its settings (its trace_ids)."""
+    messages: List[Message] = []
+    for exporter, run in itertools.groupby(read, key=operator.itemgetter(0)):
+        messages.extend(exporter._messages([record for _, record in run]))
+    return messages
 
 
 def intake_for(exporter: MixpanelExporterBase, **settings: Any) -> Intake:

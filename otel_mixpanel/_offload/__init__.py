@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Optional, Sequence, Tuple
+from typing import IO, Callable, Optional, Sequence, Tuple
 
 from otel_mixpanel._config import Settings
 from otel_mixpanel._offload._wire import (
@@ -106,9 +106,11 @@ class Offload:
 
     def run(
         self, rows: Sequence[Row], timeout: Optional[float] = None,
+        meanwhile: Optional[Callable[[], None]] = None,
     ) -> Optional[Tuple[Batches, Calls]]:
         """The encoded batches and counts for *rows*, or None: translate them here.
-        Waits for the helper at most *timeout* seconds (and ANSWER_SECONDS)."""
+        Waits for the helper at most *timeout* seconds (and ANSWER_SECONDS).
+        *meanwhile* is called while the helper works, if it got the rows."""
         if not self._settings.offload or self._failed is not None or len(rows) < MIN_RUNNING:
             return None
         if len(rows) < MIN_RECORDS and not self._ready.is_set():
@@ -127,7 +129,7 @@ class Offload:
                 self._pipe = Pipe(self._process.stdin, self._process.stdout)
             budget = ANSWER_SECONDS if timeout is None else min(ANSWER_SECONDS, timeout)
             try:
-                reply = self._pipe.exchange(body, time.monotonic() + budget)
+                reply = self._pipe.exchange(body, time.monotonic() + budget, meanwhile)
                 if reply is None:
                     raise EOFError(f"it ended (exit code {self._process.poll()})")
                 result = load_reply(reply)

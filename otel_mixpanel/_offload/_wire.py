@@ -18,7 +18,7 @@ import selectors
 import struct
 import time
 from itertools import chain
-from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import orjson
 
@@ -95,11 +95,16 @@ class Pipe:
         except (OSError, AttributeError, ValueError):  # pragma: no cover - Windows
             self._selector = None
 
-    def exchange(self, body: bytes, deadline: float) -> Optional[bytes]:
-        """Send *body* as a frame and return the answering frame (None: the
-        helper is gone); TimeoutError once ``time.monotonic()`` passes *deadline*."""
+    def exchange(
+        self, body: bytes, deadline: float, meanwhile: Optional[Callable[[], None]] = None,
+    ) -> Optional[bytes]:
+        """Send *body* as a frame, call *meanwhile* (while the helper works), and
+        return the answering frame (None: the helper is gone); TimeoutError once
+        ``time.monotonic()`` passes *deadline*."""
         if self._selector is None:  # pragma: no cover - Windows
             write_frame(self._writer, body)
+            if meanwhile is not None:
+                meanwhile()
             return read_frame(self._reader)
         fd = self._writer.fileno()
         data = memoryview(_LENGTH.pack(len(body)) + body)
@@ -108,6 +113,8 @@ class Pipe:
                 data = data[os.write(fd, data):]
             except BlockingIOError:
                 self._wait(fd, selectors.EVENT_WRITE, deadline)
+        if meanwhile is not None:
+            meanwhile()
         return self._answer(deadline)
 
     def _answer(self, deadline: float) -> Optional[bytes]:
