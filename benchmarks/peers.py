@@ -294,7 +294,7 @@ def measure(sink: Child, n: int, runs: int) -> Tuple[float, List[Row]]:
                         for (label, _), rows in zip(table, measured)]
 
 
-def side_by_side(n: int, runs: int = 3) -> str:
+def side_by_side(n: int, runs: int = 5) -> str:
     """The table, each path measured *runs* times (the best of them shown)."""
     sink = Child(_counting_sink)
     try:
@@ -318,7 +318,7 @@ def side_by_side(n: int, runs: int = 3) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=3, help="runs per path, the best shown")
+    parser.add_argument("--runs", type=int, default=5, help="runs per path, the best shown")
     args = parser.parse_args()
     print(side_by_side(args.events, args.runs))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import gzip
 import json
@@ -227,43 +228,43 @@ def providers() -> Tuple[TracerProvider, LoggerProvider]:
 Row = Tuple[str, float, float, str]
 
 
-def tagged_best_of_three(tracer: Any, n: int) -> Tuple[float, float]:
-    """(wall, cpu) µs per tagged span after a warm-up, the run with the least CPU
-    of three: our processors' share is a small difference on a noisy machine."""
-    per_event(lambda i: emit_tagged(tracer, i), 2000)
-    return min((per_event(lambda i: emit_tagged(tracer, i), n) for _ in range(3)),
-               key=lambda measured: measured[1])
-
-
-def caller_costs(local: Child, n: int) -> List[Row]:
+def caller_costs(local: Child, n: int, rounds: int = 3) -> List[Row]:
     url, token = local.hello
     rows: List[Tuple[str, float, float, str]] = []
 
-    # The baseline: the SDK alone, a no-op exporter.
+    # The baseline (the SDK alone, a no-op exporter), a tagged span through it,
+    # and our span processors alone (identity + the ordered batch buffer) with a
+    # no-op export: what the target "our processors add at most 5 %" is about, a
+    # small difference on a noisy machine. So the three are timed in rounds, in
+    # turn, each keeping its run with the least CPU.
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     provider.add_span_processor(BatchSpanProcessor(NoopSpanExporter()))
     tracer = provider.get_tracer("bench")
-    per_event(lambda i: emit_bare(tracer, i), 2000)
-    wall, cpu = per_event(lambda i: emit_bare(tracer, i), n)
-    rows.append(("OTel span + 10 attributes, BatchSpanProcessor, no-op exporter", wall, cpu,
-                 "baseline"))
-    wall, cpu = tagged_best_of_three(tracer, n)
-    rows.append(("tagged span (12 mixpanel.* attributes), same no-op pipeline", wall, cpu,
-                 "tagged baseline"))
-    provider.shutdown()
-
-    # Our span processors alone (identity + the ordered batch buffer), no-op export:
-    # what the target "our processors add at most 5 %" is about.
-    provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
-    provider.add_span_processor(MixpanelIdentitySpanProcessor())
+    ours = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+    ours.add_span_processor(MixpanelIdentitySpanProcessor())
     noop = NoopMixpanelExporter(token=token, api_host=url)
-    provider.add_span_processor(_intake.OrderedSpanProcessor(
+    ours.add_span_processor(_intake.OrderedSpanProcessor(
         noop, max_queue_size=_intake.DEFAULT_MAX_QUEUE_SIZE,
     ))
-    wall, cpu = tagged_best_of_three(provider.get_tracer("bench"), n)
-    rows.append(("tagged span, configure()'s processors, no-op export", wall, cpu,
-                 "our processors"))
+    paths: List[Tuple[str, Callable[[int], Any], str]] = [
+        ("OTel span + 10 attributes, BatchSpanProcessor, no-op exporter",
+         lambda i: emit_bare(tracer, i), "baseline"),
+        ("tagged span (12 mixpanel.* attributes), same no-op pipeline",
+         lambda i: emit_tagged(tracer, i), "tagged baseline"),
+        ("tagged span, configure()'s processors, no-op export",
+         functools.partial(emit_tagged, ours.get_tracer("bench")), "our processors"),
+    ]
+    measured: List[List[Tuple[float, float]]] = [[] for _ in paths]
+    for _, action, _ in paths:
+        per_event(action, 2000)
+    for _ in range(rounds):
+        for (_, action, _), runs in zip(paths, measured):
+            runs.append(per_event(action, n))
+    for (name, _, note), runs in zip(paths, measured):
+        wall, cpu = min(runs, key=lambda run: run[1])
+        rows.append((name, wall, cpu, note))
     provider.shutdown()
+    ours.shutdown()
 
     # Ours: configure()'s processors, our exporter, LocalMixpanel in another process.
     tracer_provider, logger_provider = providers()
@@ -324,54 +325,56 @@ def caller_costs(local: Child, n: int) -> List[Row]:
 # ---------------------------------------------------------------- 2. worker cost
 
 
+def _compress_all(bodies: List[bytes], level: int) -> List[bytes]:
+    return [gzip.compress(body, level) for body in bodies]
+
+
 def worker_costs(local: Child, n: int, repeats: int) -> Dict[str, float]:
+    """µs per event of each stage, the floor among them. The stages are timed
+    in rounds (each round times every stage once, in turn) and each keeps its
+    best: a machine that gets busier during the run weighs on every stage and
+    on the floor alike, so their ratio holds."""
     url, token = local.hello
     spans = finished_spans(n)
     exporter = MixpanelSpanExporter(token=token, api_host=url, transport=NullTransport())
     stats = exporter._stats
-    out: Dict[str, float] = {}
-
-    def stage(action: Callable[[], Any]) -> float:
-        def once() -> float:
-            start = time.perf_counter()
-            action()
-            return (time.perf_counter() - start) / n * 1e6
-        return best(repeats, once)
 
     records = list(exporter._records(spans))
-    out["translate"] = stage(
-        lambda: [m for r in exporter._records(spans) for m in translate(r, stats)]
-    )
     messages = [m for r in records for m in translate(r, stats)]
-    out["limits"] = stage(lambda: exporter._queue._limits.apply(messages))
     limited = exporter._queue._limits.apply(messages)
-    out["serialise"] = stage(lambda: _batch.make_batches(limited, token, stats))
     bodies = [b.body() for b in _batch.make_batches(limited, token, stats)]
-    out["compress"] = stage(lambda: [gzip.compress(b, _client.GZIP_LEVEL) for b in bodies])
-    for level in (1, 6, 9):
-        out[f"gzip level {level}"] = stage(
-            lambda lv=level: [gzip.compress(b, lv) for b in bodies]  # type: ignore[misc]
-        )
-        raw = sum(map(len, bodies))
-        out[f"gzip level {level} ratio"] = sum(len(gzip.compress(b, level)) for b in bodies) / raw
+    raw = sum(map(len, bodies))
     compressed = [gzip.compress(b, _client.GZIP_LEVEL) for b in bodies]
+    payloads = [m.payload(token) for m in limited]
     transport = RequestsTransport()
     headers = dict(exporter._queue._client._import_headers)
     transport.post(f"{url}/import?strict=1", compressed[0], headers, 30)
-    out["send"] = stage(
-        lambda: [transport.post(f"{url}/import?strict=1", b, headers, 30) for b in compressed]
-    )
-    transport.close()
-    payloads = [m.payload(token) for m in limited]
-    out["floor json"] = stage(lambda: [
-        json.dumps(p, ensure_ascii=False, separators=(",", ":")).encode() for p in payloads
-    ])
-    out["floor"] = out["floor json"] + out["compress"]
-    out["export() total, no network"] = stage(
-        lambda: [exporter.export(spans[o:o + 1000]) for o in range(0, n, 1000)]
-    )
     untagged = finished_spans(n, tagged=False)
-    out["untagged span"] = stage(lambda: exporter.export(untagged))
+    stages: Dict[str, Callable[[], Any]] = {
+        "translate": lambda: [m for r in exporter._records(spans) for m in translate(r, stats)],
+        "limits": lambda: exporter._queue._limits.apply(messages),
+        "serialise": lambda: _batch.make_batches(limited, token, stats),
+        "compress": lambda: [gzip.compress(b, _client.GZIP_LEVEL) for b in bodies],
+        **{f"gzip level {level}": functools.partial(_compress_all, bodies, level)
+           for level in (1, 6, 9)},
+        "send": lambda: [transport.post(f"{url}/import?strict=1", b, headers, 30)
+                         for b in compressed],
+        "floor json": lambda: [json.dumps(p, ensure_ascii=False, separators=(",", ":")).encode()
+                               for p in payloads],
+        "export() total, no network": lambda: [exporter.export(spans[o:o + 1000])
+                                               for o in range(0, n, 1000)],
+        "untagged span": lambda: exporter.export(untagged),
+    }
+    out: Dict[str, float] = {name: float("inf") for name in stages}
+    for _ in range(repeats):
+        for name, action in stages.items():
+            start = time.perf_counter()
+            action()
+            out[name] = min(out[name], (time.perf_counter() - start) / n * 1e6)
+    transport.close()
+    for level in (1, 6, 9):
+        out[f"gzip level {level} ratio"] = sum(len(gzip.compress(b, level)) for b in bodies) / raw
+    out["floor"] = out["floor json"] + out["compress"]
     exporter.shutdown()
     return out
 
@@ -544,7 +547,7 @@ def table(args: argparse.Namespace) -> str:
     lines: List[str] = []
     add = lines.append
     add(f"Machine: {machine()}.\n")
-    add(side_by_side(5_000 if args.quick else BURST, 1 if args.quick else 3))
+    add(side_by_side(5_000 if args.quick else BURST, 1 if args.quick else 5))
     add("")
     local = Child(_local_main)
     try:

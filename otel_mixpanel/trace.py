@@ -24,12 +24,13 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_mixpanel._convention._translate import Record, is_tagged
+from otel_mixpanel._convention._translate import _NOTHING, Record, is_tagged
 from otel_mixpanel._inputs._exporter import MixpanelExporterBase
 
 __all__ = ["MixpanelSpanExporter"]
 
 _logger = logging.getLogger(__name__)
+_new_record = tuple.__new__
 _ATTRIBUTE_LIMIT = "span_attribute_limit"
 _ATTRIBUTE_LIMIT_FIX = (
     "the SDK's span attribute limit (128 by default) evicted the oldest attributes of a "
@@ -64,6 +65,7 @@ class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
     def _records_of(self, ended: Iterable[Any]) -> Iterator[Record]:
         """The records of spans as :func:`read_span` kept them."""
         properties_of_resource = self._properties_of_resource
+        cached = self._resource_properties  # its cache, read here without a call
         for attributes, tagged, evicted, events, trace, span, started, ended_at, resource in ended:
             if evicted:
                 self._stats.dropped(_ATTRIBUTE_LIMIT, evicted, detail=_ATTRIBUTE_LIMIT_FIX)
@@ -72,14 +74,17 @@ class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
             trace_id = "%032x" % trace if trace is not None else None  # noqa: UP031
             span_id = "%016x" % span if span is not None else None  # noqa: UP031
             seed = f"{trace_id}{span_id}"
-            properties = properties_of_resource(resource)
+            entry = cached.get(id(resource))
+            properties = (entry[1] if entry is not None and entry[0] is resource
+                          else properties_of_resource(resource))
             if tagged:
                 start = started or 0
                 end = ended_at or start
-                yield Record(
+                # Record's own __new__ is a Python function: one call per span saved.
+                yield _new_record(Record, (
                     attributes, end // 1_000_000, seed, 0, trace_id, span_id,
-                    (end - start) / 1e9, properties,
-                )
+                    (end - start) / 1e9, properties, _NOTHING,
+                ))
             for position, event in events:
                 yield Record(
                     event.attributes or {}, event.timestamp // 1_000_000, seed, position,
