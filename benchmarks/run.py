@@ -133,7 +133,7 @@ class NoopMixpanelExporter(MixpanelSpanExporter):
     def _submit(self, messages: Any, *, wait: bool = True) -> bool:  # the buffer calls it
         return True
 
-    def _records(self, spans: Any) -> Any:  # nothing read, nothing for the helper process
+    def _records_of(self, kept: Any) -> Any:  # nothing read, nothing for the helper process
         return iter(())
 
     def _messages(self, records: Any) -> Any:
