@@ -72,24 +72,35 @@ class MixpanelSpanExporter(MixpanelExporterBase, SpanExporter):
             # format_trace_id/format_span_id's spelling in half their time: a
             # %-format skips the format-spec parsing of format() and f-strings.
             trace_id = "%032x" % trace if trace is not None else None  # noqa: UP031
-            span_id = "%016x" % span if span is not None else None  # noqa: UP031
-            seed = f"{trace_id}{span_id}"
             entry = cached.get(id(resource))
             properties = (entry[1] if entry is not None and entry[0] is resource
                           else properties_of_resource(resource))
             if tagged:
-                start = started or 0
-                end = ended_at or start
-                # Record's own __new__ is a Python function: one call per span saved.
-                yield _new_record(Record, (
-                    attributes, end // 1_000_000, seed, 0, trace_id, span_id,
-                    (end - start) / 1e9, properties, _NOTHING,
-                ))
-            for position, event in events:
-                yield Record(
-                    event.attributes or {}, event.timestamp // 1_000_000, seed, position,
-                    trace_id, span_id, resource=properties, inherited=attributes,
-                )
+                yield span_record(attributes, trace_id, span, started, ended_at, properties)
+            if events:
+                span_id = "%016x" % span if span is not None else None  # noqa: UP031
+                seed = f"{trace_id}{span_id}"
+                for position, event in events:
+                    yield Record(
+                        event.attributes or {}, event.timestamp // 1_000_000, seed, position,
+                        trace_id, span_id, resource=properties, inherited=attributes,
+                    )
+
+
+def span_record(
+    attributes: Mapping[str, Any], trace_id: Optional[str], span: Optional[int],
+    started: Optional[int], ended_at: Optional[int], properties: Mapping[str, Any],
+) -> Record:
+    """The record of a tagged span (its $insert_id seeded by its ids): made by
+    the exporter, or by the helper process from what crossed its pipe."""
+    span_id = "%016x" % span if span is not None else None  # noqa: UP031
+    start = started or 0
+    end = ended_at or start
+    # Record's own __new__ is a Python function: one call per span saved.
+    return _new_record(Record, (
+        attributes, end // 1_000_000, f"{trace_id}{span_id}", 0, trace_id, span_id,
+        (end - start) / 1e9, properties, _NOTHING,
+    ))
 
 
 # What the exporter keeps of an ended span: (attributes, tagged, attributes

@@ -30,6 +30,7 @@ from otel_mixpanel._queue._client import prepare
 from otel_mixpanel._queue._limits import Limits
 from otel_mixpanel._stats import Tally
 from otel_mixpanel.testing import LocalMixpanel
+from otel_mixpanel.trace import read_span
 from tests.helpers import finished_spans
 
 
@@ -98,6 +99,41 @@ def test_the_helper_sends_the_same_bytes_and_counts_as_the_application(
     batches, calls = offloaded
     assert batches == expected
     assert sorted(calls) == sorted(here.calls) and calls  # the same reasons, counts, details
+
+
+@pytest.mark.parametrize("trace_ids", [True, False])
+def test_spans_as_read_make_the_same_bytes_in_the_helper(
+    mixpanel: LocalMixpanel, trace_ids: bool,
+) -> None:
+    """Plain tagged spans cross the pipe as read_span kept them and the helper
+    makes their records: the same bytes and counts as records made here."""
+    exporter = MixpanelSpanExporter(token=mixpanel.token, api_host=mixpanel.url,
+                                    property_denylist=["secret"], trace_ids=trace_ids)
+    helper = Offload(exporter._settings)
+    try:
+        spans = finished_spans(*(VARIED * 60))
+        ended = [read_span(span) for span in spans]
+        assert helper.run_spans(ended, exporter._properties_of_resource, trace_ids) is None
+        assert wait_until(lambda: helper.state == "running"), helper.state
+        offloaded = helper.run_spans(ended, exporter._properties_of_resource, trace_ids)
+        assert offloaded is not None and helper.batches == 1
+        here = Tally()
+        limits = Limits(here, allowlist=None, denylist=frozenset({"secret"}))
+        records = list(exporter._records(spans))
+        expected = prepare(translate_all(records, here, trace_ids=trace_ids), limits,
+                           exporter._settings, here)
+        batches, calls = offloaded
+        assert batches == expected
+        assert sorted(calls) == sorted(here.calls) and calls
+        # A span with tagged events is not plain: the records of all are made here.
+        first = ended[0]
+        assert first is not None
+        with_events = [(*first[:3], ((1, object()),), *first[4:]), *ended[1:]]
+        assert helper.run_spans(with_events, exporter._properties_of_resource, trace_ids) is None
+        assert helper.state == "running" and helper.batches == 1
+    finally:
+        helper.close()
+        exporter.shutdown()
 
 
 def test_a_value_that_would_not_cross_unchanged_is_translated_here(

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Callable, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Optional, Sequence, Tuple
 
 from otel_mixpanel._config import Settings
 from otel_mixpanel._offload._wire import (
@@ -37,6 +37,7 @@ from otel_mixpanel._offload._wire import (
     Row,
     dump_records,
     dump_settings,
+    dump_spans,
     load_reply,
     read_frame,
     widen,
@@ -111,9 +112,25 @@ class Offload:
         """The encoded batches and counts for *rows*, or None: translate them here.
         Waits for the helper at most *timeout* seconds (and ANSWER_SECONDS).
         *meanwhile* is called while the helper works, if it got the rows."""
-        if not self._settings.offload or self._failed is not None or len(rows) < MIN_RUNNING:
+        return self._exchange(len(rows), lambda: dump_records(rows), timeout, meanwhile)
+
+    def run_spans(
+        self, ended: Sequence[Any], properties_of: Callable[[Any], Any], trace_ids: bool,
+        timeout: Optional[float] = None,
+    ) -> Optional[Tuple[Batches, Calls]]:
+        """The same for spans as :func:`otel_mixpanel.trace.read_span` kept them
+        (the helper makes their records); None also when they are not all plain
+        tagged spans: make their records, and :meth:`run` those."""
+        return self._exchange(
+            len(ended), lambda: dump_spans(ended, properties_of, trace_ids), timeout, None)
+
+    def _exchange(
+        self, count: int, dump: Callable[[], Optional[bytes]], timeout: Optional[float],
+        meanwhile: Optional[Callable[[], None]],
+    ) -> Optional[Tuple[Batches, Calls]]:
+        if not self._settings.offload or self._failed is not None or count < MIN_RUNNING:
             return None
-        if len(rows) < MIN_RECORDS and not self._ready.is_set():
+        if count < MIN_RECORDS and not self._ready.is_set():
             return None  # light load: not worth starting it, or waiting for it
         with self._lock:
             if self._process is None:
@@ -121,7 +138,7 @@ class Offload:
                 return None
             if not self._ready.is_set():
                 return None
-            body = dump_records(rows)
+            body = dump()
             if body is None:
                 return None
             if self._pipe is None:  # after the ready frame: the reader thread is done

@@ -18,7 +18,7 @@ import selectors
 import struct
 import time
 from itertools import chain
-from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import orjson
 
@@ -27,6 +27,7 @@ from otel_mixpanel._convention._translate import Record
 from otel_mixpanel._model import Endpoint
 from otel_mixpanel._stats import Call
 from otel_mixpanel._version import __version__
+from otel_mixpanel.trace import span_record
 
 # The wire format changes with the release; orjson's with its own.
 VERSION = f"{__version__}/orjson {orjson.__version__}"
@@ -41,6 +42,9 @@ Row = Tuple[Record, bool]  # a record and whether its events carry trace ids
 Batches = List[Tuple[Endpoint, List[bytes]]]
 Calls = List[Call]  # what the helper counted (a Tally's calls)
 _ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}
+# What a batch frame holds: records, or spans as read when they ended (whose
+# events carry trace ids, or not).
+_RECORDS, _SPANS, _SPANS_NO_IDS = b"R", b"S", b"s"
 _EMPTY: Dict[str, Any] = {}
 
 
@@ -260,18 +264,64 @@ def _dump_records(rows: Sequence[Row]) -> Optional[bytes]:
     # Every value of every mapping, gathered in C; only containers walked further.
     if not _only_json(chain.from_iterable(map(dict.values, chain(shared, values)))):
         return None
+    return _frame(_RECORDS, meta, shared, values)
+
+
+def dump_spans(
+    ended: Sequence[Any], properties_of: Callable[[Any], Mapping[str, Any]], trace_ids: bool,
+) -> Optional[bytes]:
+    """Spans as :func:`otel_mixpanel.trace.read_span` kept them, for the helper
+    to make their records itself (the same :func:`~otel_mixpanel.trace.span_record`):
+    the application's batch thread then only gathers references, where making
+    the records took it 2.3 µs a span under the interpreter lock. None for
+    anything but plain tagged spans (events, evicted attributes, values that
+    would not come back equal): their records go as :func:`dump_records` has
+    them."""
+    try:
+        resources: Dict[int, int] = {}
+        shared: List[Any] = []
+        meta: List[Any] = []
+        values: List[Any] = []
+        for attributes, tagged, evicted, events, trace, span, started, ended_at, resource in (
+            ended
+        ):
+            if evicted or events or not tagged:
+                return None
+            index = resources.get(id(resource))
+            if index is None:
+                index = resources[id(resource)] = len(shared)
+                shared.append(_plain(properties_of(resource)))
+            # A trace id has 128 bits, more than JSON numbers carry here.
+            meta.append(("%032x" % trace if trace is not None else None,  # noqa: UP031
+                         span, started, ended_at, index))
+            # An older SDK's OrderedDict, a wrapper's mapping: as a plain dict.
+            values.append(attributes if type(attributes) is dict else _plain(attributes))
+        if not _only_json(chain.from_iterable(map(dict.values, chain(shared, values)))):
+            return None
+        return _frame(_SPANS if trace_ids else _SPANS_NO_IDS, meta, shared, values)
+    except Exception:  # e.g. a time beyond 64 bits
+        return None
+
+
+def _frame(kind: bytes, meta: List[Any], shared: List[Any], values: List[Any]) -> Optional[bytes]:
     data = orjson.dumps([shared, values], default=_refuse, option=_OPTIONS)
     # Only NaN and infinity write null here (None is not among the kinds above).
     if b"null" in data:
         return None
     head = orjson.dumps(meta)
-    return _LENGTH.pack(len(head)) + head + data
+    return kind + _LENGTH.pack(len(head)) + head + data
 
 
 def load_records(body: bytes) -> List[Row]:
+    kind, body = body[:1], body[1:]
     (length,) = _LENGTH.unpack_from(body)
     meta = orjson.loads(body[_LENGTH.size:_LENGTH.size + length])
     shared, values = orjson.loads(body[_LENGTH.size + length:])
+    if kind != _RECORDS:
+        trace_ids = kind == _SPANS
+        return [(span_record(attributes, trace_id, span, started, ended_at, shared[index]),
+                 trace_ids)
+                for (trace_id, span, started, ended_at, index), attributes in zip(meta, values)]
     rows: List[Row] = []
     for number, ((time_ms, seed, position, trace_id, span_id, duration), index, trace_ids) in (
         enumerate(meta)
