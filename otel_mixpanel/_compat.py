@@ -75,6 +75,13 @@ class LogRecordProcessor(_sdk_logs.LogRecordProcessor):
         """The name before SDK 1.35."""
         self.on_emit(log_data)
 
+    def shutdown(self) -> None:
+        """Holds nothing (a processor that holds records overrides it)."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Holds nothing: always True."""
+        return True
+
 
 def exporter_of(processor: Any) -> Any:
     """The exporter an SDK batch or simple processor feeds, or None: the batch

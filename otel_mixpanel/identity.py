@@ -183,10 +183,3 @@ class MixpanelIdentityLogProcessor(LogRecordProcessor):
         identity = current_identity(getattr(record, "context", None))
         for name, value in _fill(attributes, identity).items():
             attributes[name] = value
-
-    def shutdown(self) -> None:
-        """Holds nothing."""
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Holds nothing: always True."""
-        return True

@@ -87,12 +87,6 @@ def test_a_line_logged_while_handling_a_record_does_not_come_back() -> None:
             seen.append(log_data)
             logging.getLogger("chatty").warning("handling a record")
 
-        def shutdown(self) -> None:
-            pass
-
-        def force_flush(self, timeout_millis: int = 30_000) -> bool:
-            return True
-
     provider = LoggerProvider()
     provider.add_log_record_processor(Chatty())
     handler = logging_handler(provider)
