@@ -93,7 +93,8 @@ def read_log(data: Any) -> Optional[KeptLog]:
     if not is_tagged(attributes):
         return None
     scope = data.instrumentation_scope
-    own = scope.name if scope is not None and scope.name.startswith(OWN_LOGGER_PREFIX) else None
+    name = (scope.name or "") if scope is not None else ""
+    own = name if name.startswith(OWN_LOGGER_PREFIX) else None
     resource = log_resource(data)
     # The SDK's BoundedAttributes keeps a plain dict: keep that (reads in C).
     plain = getattr(attributes, "_dict", None)

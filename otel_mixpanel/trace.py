@@ -128,8 +128,12 @@ def read_span(span: ReadableSpan) -> Optional[EndedSpan]:
         attributes, queue = span._attributes, getattr(span._events, "_dq", span._events)
         context, resource = span._context, span._resource
         start, end = span._start_time, span._end_time
-    else:  # a span of another making: only its public interface
-        attributes, queue, context = span.attributes, None, span.context
+    else:  # a span of another making: its public interface (and the SDK's
+        # attributes, with their count of evicted ones, when it has them)
+        attributes = getattr(span, "_attributes", None)
+        if attributes is None:
+            attributes = span.attributes
+        queue, context = None, span.context
         resource, start, end = span.resource, span.start_time, span.end_time
     if attributes is None:
         attributes = {}
@@ -149,5 +153,5 @@ def read_span(span: ReadableSpan) -> Optional[EndedSpan]:
     return (
         plain if type(plain) is dict else attributes, tagged, evicted, events,
         context.trace_id if context else None, context.span_id if context else None,
-        start, end, resource.attributes,
+        start, end, resource.attributes if resource is not None else {},
     )

@@ -6,13 +6,14 @@ import gc
 import weakref
 from typing import Any, List
 
+from opentelemetry import trace
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from otel_mixpanel import configure
 from otel_mixpanel._compat import LogRecordProcessor
 from otel_mixpanel.testing import LocalMixpanel
-from tests.helpers import log
+from tests.helpers import log, until
 
 
 def test_a_tagged_span_is_read_as_it_ends_and_let_go(mixpanel: LocalMixpanel) -> None:
@@ -104,5 +105,57 @@ def test_log_records_are_read_as_they_are_emitted(mixpanel: LocalMixpanel) -> No
         assert event["event"] == "Purchased"
         assert event["properties"]["distinct_id"] == "user-1"
         assert pipeline.stats()["dropped"] == {}
+    finally:
+        pipeline.shutdown()
+
+
+def test_a_small_buffer_wakes_the_worker_before_it_fills(mixpanel: LocalMixpanel) -> None:
+    """A buffer smaller than the batch size: the worker starts when it is half
+    full, not at the next timer (an hour away here), so a burst is not dropped."""
+    tracer_provider = TracerProvider()
+    pipeline = configure(tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+                         token=mixpanel.token, api_host=mixpanel.url,
+                         max_queue_size=10, schedule_delay_millis=3_600_000)
+    try:
+        tracer = tracer_provider.get_tracer("t")
+        for index in range(5):
+            with tracer.start_as_current_span("checkout") as span:
+                span.set_attribute("mixpanel.event", f"E{index}")
+        assert until(lambda: len(mixpanel.events) == 5, timeout=20), len(mixpanel.events)
+    finally:
+        pipeline.shutdown()
+
+
+def test_a_span_or_record_that_cannot_be_read_is_counted_never_raised(
+    mixpanel: LocalMixpanel,
+) -> None:
+    """Reading happens on the application's thread now: whatever a span or log
+    record of another making does, the application's call returns, and the
+    loss is counted."""
+
+    class Broken:
+        context = trace.SpanContext(1, 2, False, trace.TraceFlags(trace.TraceFlags.SAMPLED))
+
+        @property
+        def attributes(self) -> Any:
+            raise RuntimeError("no attributes")
+
+        @property
+        def log_record(self) -> Any:
+            raise RuntimeError("no record")
+
+    logger_provider = LoggerProvider()
+    pipeline = configure(tracer_provider=TracerProvider(), logger_provider=logger_provider,
+                         token=mixpanel.token, api_host=mixpanel.url)
+    try:
+        span_processor, log_processor = pipeline._processors
+        span_processor.on_end(Broken())
+        log_processor.on_emit(Broken())
+        # A logger without a name (the SDK allows it) is read like any other.
+        log(logger_provider.get_logger(None), body="x",  # type: ignore[arg-type]
+            attributes={"mixpanel.event": "Nameless", "mixpanel.distinct_id": "u"})
+        assert pipeline.force_flush()
+        assert [e["event"] for e in mixpanel.events] == ["Nameless"]
+        assert pipeline.stats()["dropped"] == {"translation_error": 2}
     finally:
         pipeline.shutdown()

@@ -374,6 +374,38 @@ def test_a_helper_that_hangs_is_given_up_and_the_batch_translated_here(
     assert process.wait(10) is not None  # stopped, not left behind
 
 
+def test_an_answer_ready_after_the_flushing_thread_s_half_is_taken(
+    exporter: MixpanelSpanExporter, helper: Offload,
+) -> None:
+    """The flush's budget spent while this thread translated its half: the
+    helper's answer, already there, is still taken, and the helper kept."""
+    rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])
+    answer = helper.run(rows * MIN_RUNNING, 0.05, lambda: time.sleep(0.5))
+    assert answer is not None
+    assert helper.state == "running"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX signals and select on pipes")
+def test_a_short_flush_budget_stops_the_helper_without_giving_it_up(
+    exporter: MixpanelSpanExporter, helper: Offload,
+) -> None:
+    """force_flush() with little time left and no answer yet: the batch is
+    translated here and that helper stopped (its late answer must not pass for
+    the next batch's), but the next big batch starts another."""
+    process = helper._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    rows = rows_of(exporter, [{"mixpanel.event": "E", "mixpanel.distinct_id": "u"}])
+    try:
+        assert helper.run(rows * MIN_RUNNING, 0.2) is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)
+    assert helper.state == "idle"  # not "failed: ..."
+    assert helper.run(rows * MIN_RECORDS) is None  # starts another
+    assert wait_until(lambda: helper.state == "running"), helper.state
+
+
 def test_shutting_down_never_starts_a_helper(mixpanel: LocalMixpanel) -> None:
     tracer_provider, pipeline, intake = configured(mixpanel, schedule_delay_millis=60_000)
     burst(tracer_provider, "Late", MIN_RECORDS + 10)  # held: the batch size is not reached

@@ -81,7 +81,8 @@ class Intake:
         self.exporters: List[Optional[MixpanelExporterBase]] = [None, None]
         self._max_queue_size = max_queue_size
         self._batch_size = max_export_batch_size
-        self._wake_at = min(max_export_batch_size, WAKE_AT)
+        # Woken before the buffer can fill, however small it was made.
+        self._wake_at = min(max_export_batch_size, WAKE_AT, max(1, max_queue_size // 2))
         self._delay = schedule_delay_millis / 1000
         self._items: Deque[Tuple[int, Any]] = deque()
         self._awake = threading.Event()
@@ -118,6 +119,10 @@ class Intake:
         if len(items) >= self._wake_at and not self._awake.is_set():
             self._awake.set()
 
+    def unreadable(self, error: Exception) -> None:
+        """A span or record that could not be read as it ended: counted, never raised."""
+        self.queue.stats.dropped("translation_error", detail=f"unreadable: {type(error).__name__}")
+
     def _run(self) -> None:
         while not self._shutdown:
             self._awake.wait(self._delay)
@@ -150,7 +155,7 @@ class Intake:
         owner = self.exporters[_SPAN] or self.exporters[_LOG]
         if owner is None:
             return
-        handed = False
+        lost = len(batch)  # what an interruption here loses (items, then records)
         try:
             spans = self.exporters[_SPAN]
             if not flushing and spans is not None and all(kind == _SPAN for kind, _ in batch):
@@ -160,7 +165,7 @@ class Intake:
                 if offloaded is not None:
                     batches, calls = offloaded
                     apply(calls, owner._stats)  # what the helper counted, counted here
-                    handed = True
+                    lost = 0
                     self.queue.submit_encoded(batches)
                     return
             read: List[Tuple[MixpanelExporterBase, Record]] = []
@@ -183,24 +188,24 @@ class Intake:
             if offloaded is not None:
                 batches, calls = offloaded
                 apply(calls, owner._stats)  # what the helper counted, counted here
-                handed = True
+                lost = len(read) - cut  # the second half's records, until handed too
                 self.queue.submit_encoded(batches)
+                lost = 0
                 owner._submit(rest, wait=False)
                 return
             # No waiting for Mixpanel's answer: this thread must keep
             # draining the buffer whatever Mixpanel does (a hanging request
             # would otherwise fill it); force_flush() waits for answers.
             messages = _translate(read[:cut]) + rest
-            handed = True
+            lost = 0
             owner._submit(messages, wait=False)
         except Exception:  # pragma: no cover - never into the worker loop
             owner._logger.exception("Mixpanel export failed")
         except BaseException as error:
             # Ctrl-C or SystemExit in force_flush()/shutdown() on the application's
             # thread: the batch taken off the buffer is lost, and said so.
-            if not handed:
-                owner._stats.dropped("export_interrupted", len(batch),
-                                     detail=type(error).__name__)
+            if lost:
+                owner._stats.dropped("export_interrupted", lost, detail=type(error).__name__)
             raise
 
     def _spans_offloaded(
@@ -318,7 +323,11 @@ class OrderedSpanProcessor(_Door, SpanProcessor):
         context = span.context
         if context is not None and context.trace_flags.sampled:
             # Read now: only what Mixpanel needs waits, and only for tagged spans.
-            ended = read_span(span)
+            try:
+                ended = read_span(span)
+            except Exception as error:  # never into the application's thread
+                self._intake.unreadable(error)
+                return
             if ended is not None:
                 self._intake.offer(_SPAN, ended)
 
@@ -330,7 +339,11 @@ class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
 
     def on_emit(self, log_data: Any) -> None:
         # Read now, as spans are: only what Mixpanel needs waits, only when tagged.
-        kept = read_log(log_data)
+        try:
+            kept = read_log(log_data)
+        except Exception as error:  # never into the application's thread
+            self._intake.unreadable(error)
+            return
         if kept is not None:
             self._intake.offer(_LOG, kept)
 

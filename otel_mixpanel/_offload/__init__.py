@@ -150,6 +150,15 @@ class Offload:
                 if reply is None:
                     raise EOFError(f"it ended (exit code {self._process.poll()})")
                 result = load_reply(reply)
+            except TimeoutError as error:
+                if budget < ANSWER_SECONDS:
+                    # The caller's budget ran out (a short force_flush), not the
+                    # helper's: this one stops (its late answer must never pass for
+                    # the next batch's) but another may start.
+                    self._stop(wait=0.0)
+                    return None
+                self._fail(f"{type(error).__name__}: {error}")
+                return None
             except Exception as error:
                 self._fail(f"{type(error).__name__}: {error}")
                 return None
