@@ -29,7 +29,7 @@ from otel_mixpanel._compat import LogRecordExporter, LogRecordExportResult, log_
 from otel_mixpanel._convention._table import flat_attributes
 from otel_mixpanel._convention._translate import Record, is_tagged, log_seed
 from otel_mixpanel._exceptions import ConfigurationError
-from otel_mixpanel._inputs._exporter import OWN_LOGGER_PREFIX, MixpanelExporterBase
+from otel_mixpanel._inputs._exporter import MixpanelExporterBase, is_own_logger
 
 __all__ = ["MixpanelLogExporter", "logging_handler"]
 
@@ -94,7 +94,7 @@ def read_log(data: Any) -> Optional[KeptLog]:
         return None
     scope = data.instrumentation_scope
     name = (scope.name or "") if scope is not None else ""
-    own = name if name.startswith(OWN_LOGGER_PREFIX) else None
+    own = name if is_own_logger(name) else None
     resource = log_resource(data)
     # The SDK's BoundedAttributes keeps a plain dict: keep that (reads in C).
     plain = getattr(attributes, "_dict", None)

@@ -159,3 +159,31 @@ def test_a_span_or_record_that_cannot_be_read_is_counted_never_raised(
         assert pipeline.stats()["dropped"] == {"translation_error": 2}
     finally:
         pipeline.shutdown()
+
+
+def test_two_pipelines_to_one_destination_deliver_everything_at_shutdown(
+    mixpanel: LocalMixpanel,
+) -> None:
+    """Two configure() calls with their own providers and the same destination
+    share one buffer and sending queue: the last shutdown delivers what either
+    sent (or counts it), and a provider already shut down counts what it still
+    ends instead of sending it."""
+    mixpanel.latency = 0.05
+    first = configure(token=mixpanel.token, api_host=mixpanel.url,
+                      tracer_provider=TracerProvider(), logger_provider=LoggerProvider())
+    second = configure(token=mixpanel.token, api_host=mixpanel.url,
+                       tracer_provider=TracerProvider(), logger_provider=LoggerProvider())
+    try:
+        for index in range(300):
+            with first.tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+                span.set_attribute("mixpanel.event", f"First{index}")
+        first.shutdown()
+        with first.tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.event", "Late")
+        with second.tracer_provider.get_tracer("t").start_as_current_span("s") as span:
+            span.set_attribute("mixpanel.event", "Second")
+    finally:
+        assert second.shutdown()
+    events = [e["event"] for e in mixpanel.events]
+    assert sorted(events) == sorted([f"First{i}" for i in range(300)] + ["Second"])
+    assert second.stats()["dropped"] == {"exporter_shut_down": 1}

@@ -22,8 +22,15 @@ from otel_mixpanel._model import Message
 from otel_mixpanel._queue._retry import RetryPolicy
 from otel_mixpanel._queue._transport import Transport
 
-# The library's own loggers: their records never become Mixpanel events.
-OWN_LOGGER_PREFIX = "otel_mixpanel"
+_OWN_LOGGER = "otel_mixpanel"
+
+
+def is_own_logger(name: str) -> bool:
+    """Whether *name* is one of the library's own loggers (``otel_mixpanel`` and
+    below it, not ``otel_mixpanel_demo``): their records never become events."""
+    return name == _OWN_LOGGER or name.startswith(_OWN_LOGGER + ".")
+
+
 # Resources live as long as their provider: a handful per process, unless made per record.
 _MAX_CACHED_RESOURCES = 64
 

@@ -79,6 +79,9 @@ class Intake:
     ) -> None:
         self.queue = queue
         self.exporters: List[Optional[MixpanelExporterBase]] = [None, None]
+        # Every exporter that opened a door (two configure() calls to the same
+        # destination share this buffer): all are shut down with the last door.
+        self._opened: List[MixpanelExporterBase] = []
         self._max_queue_size = max_queue_size
         self._batch_size = max_export_batch_size
         # Woken before the buffer can fill, however small it was made.
@@ -96,6 +99,8 @@ class Intake:
 
     def open_door(self, kind: int, exporter: MixpanelExporterBase) -> None:
         self.exporters[kind] = exporter
+        if not any(opened is exporter for opened in self._opened):
+            self._opened.append(exporter)
         self._doors += 1
         if self._worker is None:
             self._start()
@@ -241,18 +246,18 @@ class Intake:
         """The last door closed: export what is held, then shut the exporters
         down with what is left of *timeout_millis* (their budget starts now)."""
         started = time.monotonic()
-        self.offload.stopping = True  # the last batches: no helper started for them
         self._doors -= 1
         if self._doors > 0:
             deadline = None if timeout_millis is None else started + timeout_millis / 1000
             self._export(everything=True, deadline=deadline)
             return
+        self.offload.stopping = True  # the last batches: no helper started for them
         self._shutdown = True
         self._awake.set()
         if self._worker is not None:
             self._worker.join()
         self.offload.close()
-        for exporter in self.exporters:
+        for exporter in self._opened:
             if exporter is not None:
                 left = None
                 if timeout_millis is not None:
@@ -306,6 +311,12 @@ class _Door:
             self._done = True
             self._intake.close_door(timeout_millis)
 
+    def _after_shutdown(self) -> None:
+        """A tagged span or record still ended on this door's provider (the SDK
+        cannot remove a processor), while the buffer serves other pipelines."""
+        self._intake.queue.stats.dropped("exporter_shut_down",
+                                         detail="telemetry after shutdown()")
+
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export what is held and wait until Mixpanel has answered for it."""
         return self._intake.force_flush(timeout_millis)
@@ -329,7 +340,10 @@ class OrderedSpanProcessor(_Door, SpanProcessor):
                 self._intake.unreadable(error)
                 return
             if ended is not None:
-                self._intake.offer(_SPAN, ended)
+                if self._done:
+                    self._after_shutdown()
+                else:
+                    self._intake.offer(_SPAN, ended)
 
 
 class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
@@ -345,7 +359,10 @@ class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
             self._intake.unreadable(error)
             return
         if kept is not None:
-            self._intake.offer(_LOG, kept)
+            if self._done:
+                self._after_shutdown()
+            else:
+                self._intake.offer(_LOG, kept)
 
 
 _at_exit_registered = False

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 from otel_mixpanel._convention._translate import Record, is_tagged, log_seed
-from otel_mixpanel._inputs._exporter import OWN_LOGGER_PREFIX
+from otel_mixpanel._inputs._exporter import is_own_logger
 
 __all__ = ["OTLPInput", "log_records", "span_records", "value_of"]
 
@@ -89,7 +89,7 @@ def log_records(
                 attributes = attributes_of(log.attributes)
                 if not is_tagged(attributes):
                     continue
-                if scope.startswith(OWN_LOGGER_PREFIX):
+                if is_own_logger(scope):
                     own(scope)
                     continue
                 time_ns = log.time_unix_nano or log.observed_time_unix_nano or time.time_ns()
