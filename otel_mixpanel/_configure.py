@@ -8,6 +8,7 @@ or a processor, and is safe to call twice.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import weakref
 from typing import Any, Callable, List, Optional, Type, TypeVar
@@ -145,6 +146,7 @@ def configure(
         ...
         pipeline.shutdown()
     """
+    _check_batching(max_queue_size, max_export_batch_size, schedule_delay_millis)
     with _configure_lock:
         tracer_provider = tracer_provider or _global_tracer_provider()
         logger_provider = logger_provider or _global_logger_provider()
@@ -284,6 +286,20 @@ def _structlog_hook(logger_provider: LoggerProvider) -> Callable[[], Callable[[]
         return undo
 
     return insert
+
+
+def _check_batching(max_queue_size: Any, max_export_batch_size: Any, delay: Any) -> None:
+    """A clear error for a buffer that could hold nothing (every event then
+    dropped, if counted) or a delay that is no time: before anything is set up."""
+    for name, value in (("max_queue_size", max_queue_size),
+                        ("max_export_batch_size", max_export_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"configure({name}={value!r}): a whole number of at least 1 is needed")
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 < delay < math.inf:
+        raise ConfigurationError(
+            f"configure(schedule_delay_millis={delay!r}): a number of milliseconds above 0 "
+            "is needed")
 
 
 def _bounded(action: Callable[[], bool], timeout_millis: float) -> bool:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 import structlog
@@ -195,6 +195,24 @@ def test_creates_global_providers_when_none(mixpanel: LocalMixpanel) -> None:
                             timeout=60, env=env, check=False)
     assert result.returncode == 0, result.stderr
     assert [e["event"] for e in mixpanel.events] == ["Global"]
+
+
+@pytest.mark.parametrize("batching", [
+    {"max_queue_size": 0}, {"max_queue_size": -1}, {"max_queue_size": "20480"},
+    {"max_export_batch_size": 0}, {"max_export_batch_size": True},
+    {"schedule_delay_millis": 0}, {"schedule_delay_millis": float("nan")},
+])
+def test_a_buffer_that_holds_nothing_is_a_clear_error(
+    mixpanel: LocalMixpanel, batching: Dict[str, Any],
+) -> None:
+    """max_queue_size=0 would drop every event (counted, but still): refused at
+    once, before any provider is touched."""
+    tracer_provider = TracerProvider()
+    name = next(iter(batching))
+    with pytest.raises(ConfigurationError, match=name):
+        configure(tracer_provider=tracer_provider, logger_provider=LoggerProvider(),
+                  token=mixpanel.token, api_host=mixpanel.url, **batching)
+    assert not tracer_provider._active_span_processor._span_processors
 
 
 def test_missing_credentials_fail_loudly() -> None:
