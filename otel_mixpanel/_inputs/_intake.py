@@ -115,7 +115,7 @@ class Intake:
         if self._shutdown:
             # The SDK cannot remove a processor: after shutdown every span and
             # record still passes here (read, and only when tagged): a loss.
-            self.queue.stats.dropped("exporter_shut_down", detail="telemetry after shutdown()")
+            self.after_shutdown()
             return
         if len(items) >= self._max_queue_size:
             self.queue.stats.dropped(QUEUE_FULL, detail=_QUEUE_FULL_DETAIL)
@@ -123,6 +123,10 @@ class Intake:
         items.append((kind, item))
         if len(items) >= self._wake_at and not self._awake.is_set():
             self._awake.set()
+
+    def after_shutdown(self) -> None:
+        """A tagged span or record ended after its processor was shut down."""
+        self.queue.stats.dropped("exporter_shut_down", detail="telemetry after shutdown()")
 
     def unreadable(self, error: Exception) -> None:
         """A span or record that could not be read as it ended: counted, never raised."""
@@ -297,6 +301,7 @@ class _Door:
     """What both processors do: open their door on the shared intake, and close it."""
 
     _kind: int
+    _read: Callable[[Any], Any]  # read_span or read_log
 
     def __init__(self, exporter: MixpanelExporterBase, **settings: Any) -> None:
         self._intake = intake_for(exporter, **settings)
@@ -311,11 +316,22 @@ class _Door:
             self._done = True
             self._intake.close_door(timeout_millis)
 
-    def _after_shutdown(self) -> None:
-        """A tagged span or record still ended on this door's provider (the SDK
-        cannot remove a processor), while the buffer serves other pipelines."""
-        self._intake.queue.stats.dropped("exporter_shut_down",
-                                         detail="telemetry after shutdown()")
+    def _feed(self, item: Any) -> None:
+        """On the application's thread: read *item* now (only what Mixpanel
+        needs waits, and only when tagged) and offer it. Never raises: what
+        cannot be read is counted; what a door already shut down still gets
+        (the SDK cannot remove a processor, and the buffer may serve other
+        pipelines) is counted too."""
+        try:
+            kept = self._read(item)
+        except Exception as error:  # never into the application's thread
+            self._intake.unreadable(error)
+            return
+        if kept is not None:
+            if self._done:
+                self._intake.after_shutdown()
+            else:
+                self._intake.offer(self._kind, kept)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export what is held and wait until Mixpanel has answered for it."""
@@ -326,6 +342,7 @@ class OrderedSpanProcessor(_Door, SpanProcessor):
     """Feeds sampled spans, in the order they end, to the shared intake."""
 
     _kind = _SPAN
+    _read = staticmethod(read_span)
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         pass
@@ -333,36 +350,17 @@ class OrderedSpanProcessor(_Door, SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         context = span.context
         if context is not None and context.trace_flags.sampled:
-            # Read now: only what Mixpanel needs waits, and only for tagged spans.
-            try:
-                ended = read_span(span)
-            except Exception as error:  # never into the application's thread
-                self._intake.unreadable(error)
-                return
-            if ended is not None:
-                if self._done:
-                    self._after_shutdown()
-                else:
-                    self._intake.offer(_SPAN, ended)
+            self._feed(span)
 
 
 class OrderedLogRecordProcessor(_Door, LogRecordProcessor):
     """Feeds log records, in the order they are emitted, to the shared intake."""
 
     _kind = _LOG
+    _read = staticmethod(read_log)
 
     def on_emit(self, log_data: Any) -> None:
-        # Read now, as spans are: only what Mixpanel needs waits, only when tagged.
-        try:
-            kept = read_log(log_data)
-        except Exception as error:  # never into the application's thread
-            self._intake.unreadable(error)
-            return
-        if kept is not None:
-            if self._done:
-                self._after_shutdown()
-            else:
-                self._intake.offer(_LOG, kept)
+        self._feed(log_data)
 
 
 _at_exit_registered = False
